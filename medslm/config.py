@@ -1,0 +1,229 @@
+"""Typed configs: nested dataclasses filled from a YAML file, then ``--section.key=value`` overrides.
+
+Every entrypoint owns one top-level dataclass whose fields are small dataclasses (sections).
+``parse_config(TrainConfig, argv)`` reads ``--config FILE`` (optional), applies the YAML, then the
+CLI overrides, converting each value to the field's annotated type. Unknown sections or keys,
+values of the wrong type and values outside a ``Literal`` are a :class:`ConfigError` naming the
+key and where it came from, raised before anything expensive happens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be applied; the message names key and source."""
+
+
+def _is_optional(tp: Any) -> tuple[bool, Any]:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(get_args(tp)) == 2:
+            return True, args[0]
+    return False, tp
+
+
+def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Convert ``value`` (from YAML, or a CLI string) to the annotated type ``tp``."""
+    optional, inner = _is_optional(tp)
+    from_cli = isinstance(value, str) and source.startswith("command line")
+    if optional:
+        if value is None or (from_cli and value.lower() in ("null", "none", "")):
+            return None
+        tp = inner
+    origin = get_origin(tp)
+    if origin is Literal:
+        allowed = get_args(tp)
+        for choice in allowed:
+            if value == choice or (from_cli and str(choice) == value):
+                return choice
+            if isinstance(choice, bool) and from_cli and value.lower() == str(choice).lower():
+                return choice
+        raise ConfigError(f"{source}: '{key}' must be one of {list(allowed)}, got {value!r}")
+    if origin in (list, tuple):
+        (item_tp, *_rest) = get_args(tp) or (str,)
+        if from_cli:
+            items: list[Any] = [v.strip() for v in value.split(",") if v.strip()] if value else []
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        elif isinstance(value, (str, int, float)):
+            items = [value]
+        else:
+            raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
+        return [_convert(v, item_tp, key, source) for v in items]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{source}: '{key}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{source}: '{key}' must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{source}: '{key}' must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{source}: '{key}' must be a string, got {value!r}")
+    raise ConfigError(f"{source}: '{key}' has an unsupported type {tp!r}")
+
+
+def _section_types(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _apply(cfg: Any, dotted: str, value: Any, source: str) -> None:
+    parts = dotted.split(".")
+    obj = cfg
+    for i, part in enumerate(parts):
+        hints = _section_types(type(obj))
+        if part not in hints:
+            path = ".".join(parts[: i + 1])
+            known = ", ".join(sorted(hints))
+            raise ConfigError(f"{source}: unknown key '{path}' (known here: {known})")
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(hints[part]):
+                raise ConfigError(f"{source}: '{dotted}' is a section; set one of its keys")
+            setattr(obj, part, _convert(value, hints[part], dotted, source))
+        else:
+            child = getattr(obj, part)
+            if not dataclasses.is_dataclass(child):
+                raise ConfigError(f"{source}: '{'.'.join(parts[: i + 1])}' is not a section")
+            obj = child
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.extend(_flatten(v, key + "."))
+        else:
+            out.append((key, v))
+    return out
+
+
+def apply_mapping(cfg: Any, tree: dict[str, Any], source: str) -> None:
+    """Apply a nested mapping (a parsed YAML file, or a saved config) onto ``cfg``."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    for key, value in _flatten(tree):
+        _apply(cfg, key, value, source)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    return tree
+
+
+def parse_config(cls: type[T], argv: list[str], default_file: str | Path | None = None) -> T:
+    """Build ``cls`` from ``--config FILE`` (or ``default_file``) and ``--a.b=value`` overrides."""
+    cfg = cls()
+    overrides: list[tuple[str, str]] = []
+    config_file: str | None = None
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"command line: unexpected argument {arg!r}; use --section.key=value")
+        body = arg[2:]
+        if "=" in body:
+            key, value = body.split("=", 1)
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            key, value = body, args[i + 1]
+            i += 1
+        else:
+            raise ConfigError(f"command line: {arg!r} needs a value (--{body}=VALUE)")
+        if key == "config":
+            config_file = value
+        else:
+            overrides.append((key, value))
+        i += 1
+    file_to_load = config_file or (str(default_file) if default_file else None)
+    if file_to_load:
+        apply_mapping(cfg, load_yaml(file_to_load), str(file_to_load))
+    for key, value in overrides:
+        _apply(cfg, key, value, f"command line (--{key})")
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        validate()
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    tmp.replace(p)
+    return p
+
+
+def load_saved_config(cls: type[T], path: str | Path) -> T:
+    """Read back a config written by :func:`save_config` (same validation as a YAML file)."""
+    cfg = cls()
+    apply_mapping(cfg, load_yaml(path), str(path))
+    return cfg
+
+
+def parse_ratio(text: str) -> tuple[int, int]:
+    """``"10:3"`` -> ``(10, 3)``; both parts non-negative integers, not both zero."""
+    parts = str(text).split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ConfigError(f"ratio must look like EN:KO with integers, e.g. 7:3; got {text!r}")
+    en, ko = int(parts[0]), int(parts[1])
+    if en == 0 and ko == 0:
+        raise ConfigError(f"ratio {text!r}: at least one side must be positive")
+    return en, ko
+
+
+__all__ = [
+    "ConfigError",
+    "apply_mapping",
+    "load_saved_config",
+    "load_yaml",
+    "parse_config",
+    "parse_ratio",
+    "save_config",
+    "to_dict",
+]

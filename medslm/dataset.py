@@ -1,0 +1,223 @@
+"""From data files to tokenised, split, ratio-mixed and packed training data, with a report.
+
+``build_dataset(cfg, tokenizer)`` is what both ``pack.py`` and ``train.py`` call: read and validate
+(``medslm.data``), split and leak-check and mix (``medslm.mixing``), tokenise with the shared
+prompt template (``medslm.prompts``), then bin-pack (``medslm.packing``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from medslm.config import ConfigError, parse_ratio
+from medslm.data import SkipLog, load_items
+from medslm.mixing import MixError, SplitResult, mix_by_ratio, split_items
+from medslm.packing import pack_bfd
+from medslm.prompts import AnswerFormat, Example, build_example
+from medslm.records import MCQItem
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLES_DIR = REPO_ROOT / "data" / "samples"
+EMBEDDED_DATA = {"medqa": SAMPLES_DIR / "medqa" / "US", "kormedmcqa": SAMPLES_DIR / "kormedmcqa"}
+
+
+@dataclass
+class DataConfig:
+    """The ``data`` section: where items come from and how they become training rows."""
+
+    medqa: list[str] = field(default_factory=lambda: ["embedded"])  # files, folders, hf:NAME; [] for none
+    kormedmcqa: list[str] = field(default_factory=lambda: ["embedded"])
+    ratio: str = "5:5"  # EN:KO item counts in the training mix (see medslm/mixing.py)
+    upsample: bool = False  # repeat the limiting side instead of subsampling the other
+    split: Literal["hash", "official"] = "hash"
+    max_seq_len: int = 2048
+    packing: bool = True
+    padding: Literal["longest", "max_length"] = "longest"  # used when packing is off
+    tokenizer: str | None = None  # None: the model's own tokenizer (train) / the embedded one (pack)
+    answer_format: Literal["letter", "letter_text"] = "letter"
+    overlong: Literal["error", "truncate", "drop"] = "error"
+    skip_invalid: bool = False
+    seed: int = 0
+
+    def validate(self) -> None:
+        parse_ratio(self.ratio)
+        if self.max_seq_len < 16:
+            raise ConfigError(f"data.max_seq_len must be at least 16, got {self.max_seq_len}")
+        if not self.medqa and not self.kormedmcqa:
+            raise ConfigError("data: give at least one of data.medqa or data.kormedmcqa")
+
+
+def resolve_paths(benchmark: str, specs: list[str]) -> list[str | Path]:
+    """``embedded`` -> the sample files shipped in data/samples; other paths are used as given."""
+    return [EMBEDDED_DATA[benchmark] if s == "embedded" else s for s in specs]
+
+
+@dataclass
+class LoadedData:
+    items: dict[str, list[MCQItem]]  # benchmark -> validated items
+    splits: SplitResult
+    skips: SkipLog
+
+
+def load_and_split(cfg: DataConfig) -> LoadedData:
+    skips = SkipLog()
+    items = {
+        "medqa": load_items("medqa", resolve_paths("medqa", cfg.medqa), cfg.skip_invalid, skips),
+        "kormedmcqa": load_items("kormedmcqa", resolve_paths("kormedmcqa", cfg.kormedmcqa), cfg.skip_invalid, skips),
+    }
+    splits = split_items(items["medqa"] + items["kormedmcqa"], cfg.split)
+    return LoadedData(items, splits, skips)
+
+
+@dataclass
+class TokenisedSplit:
+    examples: list[Example]
+    dropped: int = 0
+    truncated: int = 0
+
+
+def tokenise(items: list[MCQItem], tokenizer: Any, cfg: DataConfig, progress: bool = False) -> TokenisedSplit:
+    out = TokenisedSplit([])
+    iterator: Any = items
+    if progress and len(items) > 2000:
+        from tqdm import tqdm
+
+        iterator = tqdm(items, desc="tokenising", unit="item")
+    answer_format: AnswerFormat = cfg.answer_format
+    for item in iterator:
+        ex = build_example(item, tokenizer, cfg.max_seq_len, answer_format, cfg.overlong)
+        if ex is None:
+            out.dropped += 1
+            continue
+        out.truncated += int(ex.truncated)
+        out.examples.append(ex)
+    return out
+
+
+@dataclass
+class BuiltData:
+    train: list[Example]
+    val: list[Example]
+    test_items: list[MCQItem]
+    train_bins: list[list[int]] | None  # packed rows of ``train`` (indices), None without packing
+    val_bins: list[list[int]] | None
+    report: dict[str, Any]
+
+
+def packing_stats(lengths: list[int], bins: list[list[int]] | None, max_seq_len: int, global_batch_rows: int) -> dict:
+    """The paper's packing figures: efficiency = real tokens / (rows x max_seq_len)."""
+    real = int(sum(lengths))
+    n = len(lengths)
+    rows = len(bins) if bins is not None else n
+    return {
+        "num_samples": n,
+        "num_rows": rows,
+        "real_tokens": real,
+        "max_seq_len": max_seq_len,
+        "packing_efficiency": real / (rows * max_seq_len) if rows else 0.0,
+        "padding_fraction_unpacked": 1.0 - real / (n * max_seq_len) if n else 0.0,
+        "global_batch_rows": global_batch_rows,
+        "steps_per_epoch_unpacked": math.ceil(n / global_batch_rows),
+        "steps_per_epoch_packed": math.ceil(rows / global_batch_rows),
+        "mean_tokens_per_sample": real / n if n else 0.0,
+        "max_tokens_per_sample": max(lengths) if lengths else 0,
+    }
+
+
+def build_dataset(cfg: DataConfig, tokenizer: Any, global_batch_rows: int = 128, progress: bool = False) -> BuiltData:
+    cfg.validate()
+    loaded = load_and_split(cfg)
+    train_items = loaded.splits.splits["train"]
+    # tokenise before mixing, so items dropped as overlong never distort the EN:KO ratio
+    tokenised = tokenise(train_items, tokenizer, cfg, progress)
+    by_id = {e.item_id: e for e in tokenised.examples}
+    try:
+        mix = mix_by_ratio([it for it in train_items if it.id in by_id], parse_ratio(cfg.ratio), cfg.seed, cfg.upsample)
+    except MixError as exc:
+        dropped = f" ({tokenised.dropped} dropped as longer than max_seq_len={cfg.max_seq_len})" if tokenised.dropped else ""
+        raise MixError(f"{exc}{dropped}") from None
+    train = [by_id[it.id] for it in mix.items]
+    val = tokenise(loaded.splits.splits["val"], tokenizer, cfg, progress)
+    lengths = [len(e) for e in train]
+    if not lengths:
+        raise MixError("the training mix is empty: check the data paths, the ratio and the split")
+    train_bins = pack_bfd(lengths, cfg.max_seq_len) if cfg.packing else None
+    val_bins = pack_bfd([len(e) for e in val.examples], cfg.max_seq_len) if cfg.packing and val.examples else None
+    by_lang = Counter(it.language for it in mix.items)
+    report: dict[str, Any] = packing_stats(lengths, train_bins, cfg.max_seq_len, global_batch_rows)
+    report.update(
+        {
+            "packing": cfg.packing,
+            "ratio": cfg.ratio,
+            "split_mode": cfg.split,
+            "loaded": {b: len(v) for b, v in loaded.items.items()},
+            "splits": loaded.splits.report(),
+            "mix": mix.report(),
+            "per_language": dict(sorted(by_lang.items())),
+            "skipped_invalid": loaded.skips.summary(),
+            "overlong": {
+                "policy": cfg.overlong,
+                "truncated": tokenised.truncated + val.truncated,
+                "dropped": tokenised.dropped + val.dropped,
+            },
+            "val_samples": len(val.examples),
+            "test_items": len(loaded.splits.splits["test"]),
+        }
+    )
+    return BuiltData(train, val.examples, loaded.splits.splits["test"], train_bins, val_bins, report)
+
+
+def rows_of(examples: list[Example], bins: list[list[int]] | None) -> list[list[Example]]:
+    """Packed rows (lists of examples); without bins every example is its own row."""
+    if bins is None:
+        return [[e] for e in examples]
+    return [[examples[i] for i in b] for b in bins]
+
+
+def _rows_table(rows: list[list[Example]]) -> dict[str, list]:
+    return {
+        "input_ids": [[t for e in r for t in e.input_ids] for r in rows],
+        "labels": [[t for e in r for t in e.labels] for r in rows],
+        "seq_lens": [[len(e) for e in r] for r in rows],
+        "item_ids": [[e.item_id for e in r] for r in rows],
+    }
+
+
+def save_packed(built: BuiltData, out_dir: str | Path, cfg: Any) -> dict[str, Any]:
+    """Write ``out_dir/train`` and ``out_dir/val`` (``datasets`` on disk) and the report JSON."""
+    import json
+
+    import datasets
+
+    from medslm.config import to_dict
+
+    datasets.disable_progress_bars()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, examples, bins in (("train", built.train, built.train_bins), ("val", built.val, built.val_bins)):
+        datasets.Dataset.from_dict(_rows_table(rows_of(examples, bins))).save_to_disk(str(out / name))
+    report = dict(built.report)
+    report["config"] = to_dict(cfg)
+    tmp = out / "packing_report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(out / "packing_report.json")
+    return report
+
+
+def load_packed_rows(path: str | Path) -> list[list[dict[str, list[int]]]]:
+    """Read rows written by :func:`save_packed` back as lists of ``{"input_ids", "labels"}``."""
+    import datasets
+
+    ds = datasets.load_from_disk(str(path))
+    rows = []
+    for rec in ds:
+        start, row = 0, []
+        for n in rec["seq_lens"]:
+            row.append({"input_ids": rec["input_ids"][start : start + n], "labels": rec["labels"][start : start + n]})
+            start += n
+        rows.append(row)
+    return rows

@@ -1,0 +1,116 @@
+"""0-shot MCQ prompt templates and tokenised training examples, shared by training and evaluation.
+
+Defaults follow lm-evaluation-harness so a base model's numbers compare with published ones:
+- MedQA (``medqa_4options``): ``Question: {q}\\nA. {A}\\n...\\nAnswer:``
+- KorMedMCQA (``kormedmcqa_*``): ``{q}\\nA. {A}\\n...\\nE. {E}\\n정답：`` (full-width colon U+FF1A)
+
+The continuation is the answer letter after one space (lm-evaluation-harness's target delimiter),
+e.g. ``" C"``, optionally followed by the option text (``answer_format: letter_text``), then EOS.
+The prompt part of the labels is -100, so only the answer is trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from medslm.records import LETTERS, MCQItem
+
+AnswerFormat = Literal["letter", "letter_text"]
+KO_ANSWER_CUE = "정답："  # full-width colon, as in lm-evaluation-harness's kormedmcqa tasks
+
+
+def format_prompt(item: MCQItem) -> str:
+    options = "".join(f"\n{LETTERS[i]}. {text}" for i, text in enumerate(item.options))
+    if item.language == "ko":
+        return f"{item.question}{options}\n{KO_ANSWER_CUE}"
+    return f"Question: {item.question}{options}\nAnswer:"
+
+
+def format_target(item: MCQItem, answer_format: AnswerFormat = "letter") -> str:
+    letter = LETTERS[item.answer]
+    if answer_format == "letter_text":
+        return f" {letter}. {item.options[item.answer]}"
+    return f" {letter}"
+
+
+def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
+    """Token ids of a prompt, starting with BOS when the tokenizer has one (added once)."""
+    ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None and (not ids or ids[0] != bos):
+        ids = [bos, *ids]
+    return ids
+
+
+def letter_token_ids(tokenizer: Any, n_options: int = len(LETTERS)) -> list[int]:
+    """The token that starts each answer continuation " A", " B", ...: what letter scoring reads."""
+    out = []
+    for letter in LETTERS[:n_options]:
+        ids = tokenizer(f" {letter}", add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(f"tokenizer encodes ' {letter}' to nothing")
+        out.append(ids[0])
+    if len(set(out)) != len(out):
+        raise ValueError(f"tokenizer maps different answer letters to the same first token: {out}")
+    return out
+
+
+@dataclass
+class Example:
+    """One tokenised training example: ``labels`` is -100 on the prompt."""
+
+    item_id: str
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def as_dict(self) -> dict[str, list[int]]:
+        return {"input_ids": self.input_ids, "labels": self.labels}
+
+
+class OverlongError(ValueError):
+    pass
+
+
+def build_example(
+    item: MCQItem,
+    tokenizer: Any,
+    max_seq_len: int,
+    answer_format: AnswerFormat = "letter",
+    overlong: Literal["error", "truncate", "drop"] = "error",
+) -> Example | None:
+    """Tokenise prompt + answer + EOS; labels only on answer + EOS.
+
+    An example longer than ``max_seq_len`` raises :class:`OverlongError` (``overlong="error"``),
+    loses prompt tokens from the left after BOS so the options and answer survive
+    (``"truncate"``), or is returned as ``None`` (``"drop"``).
+    """
+    prompt_ids = encode_prompt(tokenizer, format_prompt(item))
+    target_ids = list(tokenizer(format_target(item, answer_format), add_special_tokens=False)["input_ids"])
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is not None:
+        target_ids.append(eos)
+    truncated = False
+    total = len(prompt_ids) + len(target_ids)
+    if total > max_seq_len:
+        if overlong == "drop":
+            return None
+        if overlong == "error":
+            raise OverlongError(
+                f"{item.source or item.id}: item '{item.id}' is {total} tokens, over max_seq_len={max_seq_len} "
+                "(raise max_seq_len, or set overlong to truncate or drop)"
+            )
+        keep = max_seq_len - len(target_ids)
+        has_bos = prompt_ids[:1] == [getattr(tokenizer, "bos_token_id", None)]
+        if keep < 1 + int(has_bos):
+            raise OverlongError(f"item '{item.id}': the answer alone is longer than max_seq_len={max_seq_len}")
+        tail = prompt_ids[len(prompt_ids) - (keep - int(has_bos)) :]
+        prompt_ids = prompt_ids[:1] + tail if has_bos else tail
+        truncated = True
+    input_ids = prompt_ids + target_ids
+    labels = [-100] * len(prompt_ids) + target_ids
+    return Example(item.id, input_ids, labels, truncated)

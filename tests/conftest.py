@@ -1,0 +1,57 @@
+"""Shared fixtures: a private model cache, small MCQ files in the real formats."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _model_cache(tmp_path_factory):
+    """Embedded models are materialised in a cache private to this test session."""
+    if "MEDSLM_CACHE" not in os.environ:
+        os.environ["MEDSLM_CACHE"] = str(tmp_path_factory.mktemp("medslm-cache"))
+    yield
+
+
+def medqa_row(i: int, answer: str = "B", n_options: int = 4, **extra) -> dict:
+    options = {letter: f"option {letter.lower()} number {i}" for letter in "ABCDE"[:n_options]}
+    row = {
+        "question": f"A {30 + i}-year-old patient presents with symptom {i}. What is the next step?",
+        "answer": options[answer],
+        "options": options,
+        "meta_info": "step1" if i % 2 else "step2&3",
+        "answer_idx": answer,
+    }
+    row.update(extra)
+    return row
+
+
+def kormed_row(i: int, subject: str = "doctor", answer: int = 2) -> dict:
+    return {
+        "subject": subject,
+        "year": 2012 + i % 10,
+        "period": 1 + i % 2,
+        "q_number": i,
+        "question": f"다음 중 증상 {i}에 대한 가장 적절한 처치는?",
+        "A": f"처치 가 {i}",
+        "B": f"처치 나 {i}",
+        "C": f"처치 다 {i}",
+        "D": f"처치 라 {i}",
+        "E": f"처치 마 {i}",
+        "answer": answer,
+        "cot": "",
+    }
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path

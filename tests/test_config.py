@@ -1,0 +1,76 @@
+"""Typed config: YAML then --section.key=value overrides; unknown keys and bad values fail early."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medslm.config import ConfigError, load_saved_config, parse_config, parse_ratio, save_config
+from medslm.train_config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_config_loads_and_validates(path):
+    cfg = parse_config(TrainConfig, ["--config", str(path)])
+    assert cfg.lora.r >= 1 and cfg.data.max_seq_len >= 16
+
+
+def test_paper_settings_in_the_paper_configs():
+    for name in ("medgemma-4b.yaml", "llama-3.3-70b.yaml"):
+        cfg = parse_config(TrainConfig, ["--config", str(REPO / "configs" / name)])
+        assert (cfg.train.lr, cfg.train.warmup_steps, cfg.train.epochs) == (2e-4, 100, 3)
+        assert (cfg.train.micro_batch_size, cfg.train.grad_accum, cfg.data.max_seq_len) == (4, 8, 2048)
+        assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (16, 64, 0.05)
+        assert cfg.model.quantization == "nf4" and cfg.model.double_quant
+
+
+def test_overrides_convert_types_and_lists():
+    cfg = parse_config(
+        TrainConfig,
+        ["--train.lr=1e-3", "--lora.r", "8", "--data.medqa=a.jsonl,b.jsonl", "--data.packing=false", "--train.resume=auto"],
+    )
+    assert cfg.train.lr == 1e-3 and cfg.lora.r == 8
+    assert cfg.data.medqa == ["a.jsonl", "b.jsonl"] and cfg.data.packing is False
+    assert cfg.train.resume == "auto"
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--train.lrr=1"], "unknown key 'train.lrr'"),
+        (["--nosuch.key=1"], "unknown key 'nosuch'"),
+        (["--lora.r=eight"], "'lora.r' must be an integer"),
+        (["--model.quantization=int8"], "must be one of"),
+        (["--data.ratio=7-3"], "ratio must look like EN:KO"),
+        (["--train.micro_batch_size=0"], "train.micro_batch_size must be >= 1"),
+        (["--train"], "needs a value"),
+        (["positional"], "unexpected argument"),
+    ],
+)
+def test_bad_overrides_are_clear_errors(argv, needle):
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
+        parse_config(TrainConfig, argv)
+
+
+def test_unknown_key_in_yaml_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: 1.0e-4\n  warmup: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'train.warmup'"):
+        parse_config(TrainConfig, ["--config", str(bad)])
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = parse_config(TrainConfig, ["--data.ratio=10:3", "--lora.target_modules=q_proj,v_proj"])
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_saved_config(TrainConfig, tmp_path / "c.yaml") == cfg
+
+
+def test_parse_ratio():
+    assert parse_ratio("10:3") == (10, 3) and parse_ratio("0:1") == (0, 1)
+    for bad in ("0:0", "a:b", "1:2:3", "1.5:2"):
+        with pytest.raises(ConfigError):
+            parse_ratio(bad)
