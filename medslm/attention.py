@@ -1,0 +1,164 @@
+"""Packed (variable-length) attention driven by ``cu_seqlens``, registered with transformers.
+
+``medslm_packed`` is registered in transformers' ``AttentionInterface`` and deliberately *not* in
+its mask interface, so the model builds no [T, T] mask at all: each example's causal block is
+computed from ``cu_seq_lens_q`` (the collator's ``cu_seqlens``), passed as a keyword to the
+model's forward and handed down to every attention layer.
+
+- CUDA: ``torch.nn.attention.varlen.varlen_attn`` (flash kernels), or ``flash_attn``'s
+  ``flash_attn_varlen_func`` when that package is installed and torch has no varlen op.
+- CPU (and any other device): scaled-dot-product attention over each segment alone. The work is
+  sum(len_i^2) instead of T^2, which is why packing is faster than padding here and not only
+  equal.
+
+Inputs come flattened: the training loop feeds a packed batch as one row of ``B x T`` tokens, so
+``cu_seqlens`` (over the flattened batch, as the collator emits it) indexes the tokens directly.
+Without ``cu_seq_lens_q`` the call falls through to transformers' SDPA path unchanged.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+ATTN_NAME = "medslm_packed"
+
+
+def _segments(cu: torch.Tensor) -> list[tuple[int, int]]:
+    bounds = cu.tolist()
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def _segment_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, scale: float | None, window: int | None, dropout: float
+) -> torch.Tensor:
+    """q: [H, N, D], k/v: [Hkv, N, D] over N flattened tokens -> [H, N, D]; causal inside segments."""
+    gqa = q.shape[0] != k.shape[0]
+    outs = []
+    for a, b in _segments(cu):
+        n = b - a
+        mask = None
+        causal = True
+        if window is not None and n > window:
+            i = torch.arange(n, device=q.device)
+            mask = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - window)
+            causal = False
+        outs.append(
+            F.scaled_dot_product_attention(
+                q[:, a:b], k[:, a:b], v[:, a:b], attn_mask=mask, is_causal=causal, scale=scale, dropout_p=dropout, enable_gqa=gqa
+            )
+        )
+    return torch.cat(outs, dim=1)
+
+
+_VARLEN_PARAMS: set[str] | None = None
+
+
+def _varlen_cuda(q, k, v, cu, max_len, scale, window):
+    """q/k/v: [N, H, D] on CUDA; torch's native varlen flash attention (torch >= 2.9)."""
+    global _VARLEN_PARAMS
+    from torch.nn.attention.varlen import varlen_attn
+
+    if _VARLEN_PARAMS is None:
+        _VARLEN_PARAMS = set(inspect.signature(varlen_attn).parameters)
+    kwargs: dict[str, Any] = {"scale": scale}
+    if "window_size" in _VARLEN_PARAMS:  # torch >= 2.12: causality is a (left, 0) window
+        kwargs["window_size"] = (window - 1 if window else -1, 0)
+    else:  # torch 2.9-2.11
+        if window:
+            raise NotImplementedError("sliding-window varlen attention needs torch >= 2.12")
+        kwargs["is_causal"] = True
+    if q.shape[1] != k.shape[1]:
+        if "enable_gqa" in _VARLEN_PARAMS:
+            kwargs["enable_gqa"] = True
+        else:
+            rep = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    cu32 = cu.to(device=q.device, dtype=torch.int32)
+    return varlen_attn(q, k, v, cu32, cu32, max_len, max_len, **kwargs)
+
+
+def _flash_attn_cuda(q, k, v, cu, max_len, scale, window):
+    from flash_attn import flash_attn_varlen_func  # type: ignore[import-not-found]
+
+    cu32 = cu.to(device=q.device, dtype=torch.int32)
+    win = (window - 1, 0) if window else (-1, -1)
+    return flash_attn_varlen_func(q, k, v, cu32, cu32, max_len, max_len, softmax_scale=scale, causal=True, window_size=win)
+
+
+def _has_torch_varlen() -> bool:
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def packed_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    max_length_q: int | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention-interface function; query [B, H, T, D] -> output [B, T, H, D]."""
+    if cu_seq_lens_q is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, sliding_window=sliding_window, **kwargs
+        )
+    bsz, n_heads, seq, dim = query.shape
+    if bsz != 1:
+        raise ValueError(f"{ATTN_NAME} expects the packed batch flattened to one row, got batch size {bsz}")
+    if int(cu_seq_lens_q[-1]) != seq:
+        raise ValueError(f"cu_seqlens ends at {int(cu_seq_lens_q[-1])} but the sequence has {seq} tokens")
+    window = int(sliding_window) if sliding_window else None
+    drop = dropout if module.training else 0.0
+    if query.is_cuda and drop == 0.0 and (_has_torch_varlen() or _flash_available()):
+        q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [N, H, D]
+        max_len = int(max_length_q) if max_length_q else int((cu_seq_lens_q[1:] - cu_seq_lens_q[:-1]).max())
+        fn = _varlen_cuda if _has_torch_varlen() else _flash_attn_cuda
+        out = fn(q, k, v, cu_seq_lens_q, max_len, scaling, window)
+        return out.unsqueeze(0), None
+    out = _segment_attention(query[0], key[0], value[0], cu_seq_lens_q, scaling, window, drop)  # [H, N, D]
+    return out.transpose(0, 1).unsqueeze(0), None
+
+
+def _flash_available() -> bool:
+    try:
+        import flash_attn  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def register() -> str:
+    """Register ``medslm_packed`` with transformers (idempotent) and return its name."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTN_NAME, packed_attention_forward)
+    return ATTN_NAME
+
+
+def packed_forward_kwargs(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """Model-forward keywords for a PackedCollator batch, flattened to one row of B x T tokens."""
+    ids = batch["input_ids"]
+    cu = batch["cu_seqlens"].to(device=device, dtype=torch.int32)
+    return {
+        "input_ids": ids.reshape(1, -1).to(device),
+        "position_ids": batch["position_ids"].reshape(1, -1).to(device),
+        "cu_seq_lens_q": cu,
+        "cu_seq_lens_k": cu,
+        "max_length_q": int(batch["max_seqlen"]),
+        "max_length_k": int(batch["max_seqlen"]),
+    }

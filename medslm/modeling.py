@@ -1,0 +1,200 @@
+"""Models are built and quantised here, and nowhere else; parallelism is applied afterwards.
+
+``model.name_or_path`` is a local folder, a hub id, or ``embedded`` / ``embedded:tiny-gemma3``: a
+tiny randomly initialised model of a real architecture whose config ships in
+``medslm/assets/models``. The embedded model is written once (seeded) to a cache folder and then
+loaded through exactly the same ``from_pretrained`` + bitsandbytes + PEFT path as a real model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from medslm.cli import UserError
+from medslm.config import ConfigError
+
+MODELS_DIR = Path(__file__).resolve().parent / "assets" / "models"
+EMBEDDED = {"embedded": "tiny-llama", "embedded:tiny-llama": "tiny-llama", "embedded:tiny-gemma3": "tiny-gemma3"}
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "embedded"
+    quantization: Literal["nf4", "none"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    attention: Literal["auto", "packed", "sdpa", "eager"] = "auto"  # auto: packed when data.packing
+    gradient_checkpointing: bool = True
+    trust_remote_code: bool = False
+    embedded_seed: int = 0  # init seed of the embedded tiny model
+
+    def validate(self) -> None:
+        if self.name_or_path.startswith("embedded") and self.name_or_path not in EMBEDDED:
+            raise ConfigError(f"model.name_or_path: unknown embedded model {self.name_or_path!r}; use one of {sorted(EMBEDDED)}")
+
+
+@dataclass
+class LoraConfigSection:
+    r: int = 16
+    alpha: int = 64
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+
+    def validate(self) -> None:
+        if self.r < 1:
+            raise ConfigError(f"lora.r must be >= 1, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ConfigError("lora.target_modules must name at least one module (or all-linear)")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MEDSLM_CACHE", Path.home() / ".cache" / "medslm"))
+
+
+def materialise_embedded(name: str, seed: int = 0) -> Path:
+    """Write the seeded random tiny model once and return its folder (safe under many ranks)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    arch = EMBEDDED[name]
+    cfg_dir = MODELS_DIR / arch
+    config = AutoConfig.from_pretrained(cfg_dir)
+    stamp = hashlib.sha256(f"{config.to_json_string(use_diff=False)}|{seed}".encode()).hexdigest()[:10]
+    dest = cache_dir() / "models" / f"{arch}-seed{seed}-{stamp}"
+    if (dest / "model.safetensors").is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{arch}-"))
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(tmp, safe_serialization=True)
+    try:
+        tmp.rename(dest)
+    except OSError:  # another rank got there first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def resolve_model_path(cfg: ModelConfig) -> str:
+    if cfg.name_or_path in EMBEDDED:
+        return str(materialise_embedded(cfg.name_or_path, cfg.embedded_seed))
+    path = Path(cfg.name_or_path).expanduser()
+    looks_local = cfg.name_or_path.startswith((".", "/", "~")) or path.exists()
+    if looks_local and not (path / "config.json").is_file():
+        raise UserError(f"model.name_or_path: {path} does not exist or has no config.json")
+    return str(path) if looks_local else cfg.name_or_path
+
+
+def embedded_tokenizer_for(cfg: ModelConfig) -> str | None:
+    """The tokenizer that goes with the model: the embedded one for embedded models."""
+    if cfg.name_or_path in EMBEDDED:
+        return None  # medslm.tokenizer.load_tokenizer(None) -> the embedded tokenizer
+    return resolve_model_path(cfg)
+
+
+def compute_dtype(cfg: ModelConfig, device: torch.device) -> torch.dtype:
+    if cfg.compute_dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.compute_dtype]
+
+
+def attention_impl(cfg: ModelConfig, packed: bool) -> str:
+    if cfg.attention == "packed" or (cfg.attention == "auto" and packed):
+        from medslm.attention import register
+
+        return register()
+    return "sdpa" if cfg.attention == "auto" else cfg.attention
+
+
+def load_base_model(cfg: ModelConfig, device: torch.device, packed: bool = True) -> Any:
+    """A causal LM, NF4-quantised with double quantisation unless ``quantization: none``."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    path = resolve_model_path(cfg)
+    dtype = compute_dtype(cfg, device)
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "attn_implementation": attention_impl(cfg, packed),
+        "trust_remote_code": cfg.trust_remote_code,
+        "use_safetensors": True,
+        "device_map": {"": device},
+    }
+    if cfg.quantization == "nf4":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=cfg.double_quant,
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_quant_storage=torch.uint8,
+        )
+    # bitsandbytes logs that an optional CPU kernel package is absent, then uses its own kernel
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is deprecated.*", category=FutureWarning)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except OSError as exc:
+            raise UserError(f"model.name_or_path: cannot load {path!r}: {exc}") from None
+    model.config.use_cache = False
+    for module in model.modules():
+        # bitsandbytes repacks NF4 weights in place for its CPU inference kernel the first time an
+        # eval-mode forward runs; keep one layout so validation between training steps and the
+        # backward pass see the same weights
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def apply_lora(model: Any, lora: LoraConfigSection, gradient_checkpointing: bool = True) -> Any:
+    """Wrap ``model`` with a PEFT LoRA adapter; only adapter weights are trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    targets: str | list[str] = "all-linear" if lora.target_modules == ["all-linear"] else list(lora.target_modules)
+    peft_cfg = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    if gradient_checkpointing:
+        enable_checkpointing(model)
+    with warnings.catch_warnings():  # peft still calls transformers' deprecated checkpointing names
+        warnings.filterwarnings("ignore", message=".*is deprecated.*", category=FutureWarning)
+        return get_peft_model(model, peft_cfg)
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Non-reentrant activation checkpointing (the new name since transformers 5.2x, else the old)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def decoder_layers(model: Any) -> list[torch.nn.Module]:
+    """The transformer blocks of a (PEFT-wrapped) causal LM, for per-layer sharding and analysis."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for attr in ("model.layers", "model.language_model.layers", "language_model.model.layers", "transformer.h"):
+        obj = base
+        try:
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        return list(obj)
+    raise ValueError(f"cannot find the decoder layers of {type(base).__name__}")

@@ -1,0 +1,391 @@
+"""The QLoRA training loop: packed rows, token-weighted loss over the global batch, FSDP2 adapter.
+
+Order of rows, and so every optimizer step, does not depend on the world size: each epoch
+shuffles the packed rows with ``seed + epoch``, step ``s`` takes the next
+``micro_batch_size x grad_accum x world_size`` rows, and rank ``r`` / micro-step ``k`` takes a
+fixed slice of them. The loss of a step is the sum of token losses over all its rows divided by
+the number of supervised tokens in all of them, so a 2-rank run with grad_accum 1 and a 1-rank
+run with grad_accum 2 take the same steps, and packing does not reweight examples.
+
+Logits are computed only where a label is supervised (``logits_to_keep``): MCQ targets are a few
+tokens per example, so the [tokens x vocab] logits tensor — 8.6 GB at 4 x 2048 tokens and Gemma's
+262k vocabulary in fp32 — shrinks to a few hundred rows.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+from medslm import distributed as D
+from medslm.attention import packed_forward_kwargs
+from medslm.checkpoint import latest_checkpoint, load_checkpoint, save_adapter, save_checkpoint
+from medslm.cli import UserError
+from medslm.config import save_config, to_dict
+from medslm.dataset import build_dataset, rows_of
+from medslm.metrics import MetricsLogger, PeakMemory
+from medslm.modeling import apply_lora, decoder_layers, embedded_tokenizer_for, load_base_model
+from medslm.packing import PackedCollator, PaddedCollator
+from medslm.tokenizer import load_tokenizer
+from medslm.train_config import RESUME_MUST_MATCH, TrainConfig
+
+Row = list[dict[str, list[int]]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule and data plan
+# ---------------------------------------------------------------------------------------------
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warmup to 1, then cosine decay to 0 at ``total_steps``."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def epoch_order(num_rows: int, seed: int, epoch: int) -> list[int]:
+    order = list(range(num_rows))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order
+
+
+def step_slices(order: list[int], step_in_epoch: int, micro: int, accum: int, world: int, rank: int) -> list[list[int]]:
+    """Row indices for each of this rank's ``accum`` micro-steps (possibly empty at an epoch's end)."""
+    g = micro * accum * world
+    step_rows = order[step_in_epoch * g : (step_in_epoch + 1) * g]
+    mine = step_rows[rank * micro * accum : (rank + 1) * micro * accum]
+    return [mine[k * micro : (k + 1) * micro] for k in range(accum)]
+
+
+def supervised_tokens(row: Row) -> int:
+    return sum(sum(1 for t in ex["labels"][1:] if t != -100) for ex in row)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss
+# ---------------------------------------------------------------------------------------------
+
+
+def batch_loss_sum(model: Any, batch: dict[str, Any], packed: bool, device: torch.device) -> tuple[torch.Tensor, int]:
+    """Sum of next-token cross-entropy over supervised tokens, and their count.
+
+    Logits are computed only at positions whose next token is supervised.
+    """
+    labels = batch["labels"].to(device)
+    if packed:
+        kwargs = packed_forward_kwargs(batch, device)
+        flat = labels.reshape(-1)
+        keep = torch.nonzero(flat[1:] != -100).squeeze(-1)
+        if keep.numel() == 0:  # a null row: run the graph so every rank takes part in FSDP collectives
+            keep = torch.zeros(1, dtype=torch.long, device=device)
+        logits = model(**kwargs, logits_to_keep=keep).logits[0]  # [K, V]
+        targets = flat[keep + 1]
+    else:
+        shifted = labels[:, 1:] != -100
+        cols = torch.nonzero(shifted.any(dim=0)).squeeze(-1)
+        if cols.numel() == 0:
+            cols = torch.zeros(1, dtype=torch.long, device=device)
+        logits = model(
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+            position_ids=batch["position_ids"].to(device),
+            logits_to_keep=cols,
+        ).logits  # [B, K, V]
+        targets = labels[:, cols + 1]
+        logits = logits.reshape(-1, logits.shape[-1])
+        targets = targets.reshape(-1)
+    loss = F.cross_entropy(logits.float(), targets, ignore_index=-100, reduction="sum")
+    return loss, int((targets != -100).sum())
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG state
+# ---------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    cfg: TrainConfig
+    dist: D.DistState
+    model: Any
+    tokenizer: Any
+    rows: list[Row]
+    val_rows: list[Row]
+    collate: Any
+    packed: bool
+    report: dict[str, Any]
+
+
+def _null_row(pad_id: int) -> Row:
+    return [{"input_ids": [pad_id], "labels": [-100]}]
+
+
+def _pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def build(cfg: TrainConfig, dist: D.DistState) -> Setup:
+    """Tokenizer, packed data, quantised model with LoRA, sharded: everything but the loop."""
+    tokenizer = load_tokenizer(cfg.data.tokenizer or embedded_tokenizer_for(cfg.model))
+    g = cfg.train.micro_batch_size * cfg.train.grad_accum * dist.world_size
+    built = build_dataset(cfg.data, tokenizer, global_batch_rows=g, progress=dist.is_main)
+    rows = [[e.as_dict() for e in r] for r in rows_of(built.train, built.train_bins)]
+    val_rows = [[e.as_dict() for e in r] for r in rows_of(built.val, built.val_bins)]
+    packed = cfg.data.packing
+    model = load_base_model(cfg.model, dist.device, packed=packed)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > vocab:
+        raise UserError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has {vocab}")
+    torch.manual_seed(cfg.train.seed)  # the same adapter init on every rank
+    model = apply_lora(model, cfg.lora, cfg.model.gradient_checkpointing)
+    if dist.distributed and cfg.distributed.fsdp:
+        D.shard_adapter(model, decoder_layers(model), dist)
+    torch.manual_seed(cfg.train.seed + 7919 * dist.rank)  # dropout streams differ per rank
+    pad = _pad_id(tokenizer)
+    if packed:
+        collate: Any = PackedCollator(cfg.data.max_seq_len, pad)
+    else:
+        padder = PaddedCollator(pad, cfg.data.padding, cfg.data.max_seq_len)
+        collate = lambda rs: padder([ex for r in rs for ex in r])  # noqa: E731  one example per row
+    return Setup(cfg, dist, model, tokenizer, rows, val_rows, collate, packed, built.report)
+
+
+def _check_resume(cfg: TrainConfig, saved_yaml: str, saved_state: dict, dist: D.DistState) -> None:
+    saved = yaml.safe_load(saved_yaml)
+    now = to_dict(cfg)
+    diffs = []
+    for key in RESUME_MUST_MATCH:
+        sec, name = key.split(".")
+        if saved.get(sec, {}).get(name) != now[sec][name]:
+            diffs.append(f"{key}: checkpoint {saved.get(sec, {}).get(name)!r} vs now {now[sec][name]!r}")
+    g_now = cfg.train.micro_batch_size * cfg.train.grad_accum * dist.world_size
+    if saved_state["global_batch_rows"] != g_now:
+        diffs.append(f"global batch rows (micro_batch_size x grad_accum x world): checkpoint {saved_state['global_batch_rows']} vs now {g_now}")
+    if diffs:
+        raise UserError("train.resume: the checkpoint's config is incompatible: " + "; ".join(diffs))
+
+
+def train(cfg: TrainConfig, keep_model: bool = False) -> dict[str, Any]:
+    """Run training; returns a summary (final loss, steps, paths). Called by train.py and sweeps.
+
+    ``keep_model=True`` also returns the trained in-memory model under ``"model"`` (tests).
+    """
+    cfg.validate()
+    dist = D.init_distributed(cfg.train.device)
+    try:
+        return _run(cfg, dist, keep_model)
+    except torch.cuda.OutOfMemoryError:
+        raise UserError(
+            f"CUDA out of memory at train.micro_batch_size={cfg.train.micro_batch_size}, data.max_seq_len="
+            f"{cfg.data.max_seq_len}: lower train.micro_batch_size (raise train.grad_accum to keep the global batch), "
+            "lower data.max_seq_len, keep model.gradient_checkpointing on, or use more GPUs"
+        ) from None
+    finally:
+        D.shutdown(dist)
+
+
+def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool = False) -> dict[str, Any]:
+    t_cfg = cfg.train
+    out = os.path.abspath(t_cfg.output_dir)
+    s = build(cfg, dist)
+    model = s.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t_cfg.lr, betas=tuple(t_cfg.adam_betas), weight_decay=t_cfg.weight_decay)
+    g_rows = t_cfg.micro_batch_size * t_cfg.grad_accum * dist.world_size
+    steps_per_epoch = math.ceil(len(s.rows) / g_rows)
+    total_steps = t_cfg.max_steps or steps_per_epoch * t_cfg.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda st: lr_factor(st, t_cfg.warmup_steps, total_steps)
+    )
+
+    start_step = 0
+    resume_path = None
+    if t_cfg.resume == "auto":
+        resume_path = latest_checkpoint(out)
+    elif t_cfg.resume:
+        resume_path = t_cfg.resume
+    if resume_path is not None:
+        adapter, st, cfg_file = load_checkpoint(resume_path)
+        _check_resume(cfg, cfg_file.read_text(encoding="utf-8"), st, dist)
+        D.load_trainable_state_dict(model, adapter)
+        D.load_optimizer_state(model, optimizer, st["optimizer"], dist)
+        scheduler.load_state_dict(st["scheduler"])
+        start_step = st["global_step"]
+        if st["world_size"] == dist.world_size:
+            set_rng_state(st["rng"][dist.rank])
+
+    if dist.is_main:
+        save_config(cfg, os.path.join(out, "config.yaml"))
+        import json
+
+        with open(os.path.join(out, "packing_report.json"), "w", encoding="utf-8") as f:
+            json.dump(s.report, f, indent=2, ensure_ascii=False)
+    logger = MetricsLogger(out, enabled=dist.is_main, resume_step=start_step)
+    mem = PeakMemory(dist.device)
+    if start_step == 0:
+        logger.text("config", "```\n" + yaml.safe_dump(to_dict(cfg), allow_unicode=True) + "\n```")
+    fsdp = dist.distributed and cfg.distributed.fsdp
+    loss_scale = dist.world_size if fsdp else 1  # FSDP and all_reduce_grads average over ranks
+    pad = _pad_id(s.tokenizer)
+
+    bar = None
+    if dist.is_main and t_cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+    fault_step = int(os.environ.get("MEDSLM_FAULT_AT_STEP", "0"))  # tests: SIGKILL after this checkpoint
+    last_loss = float("nan")
+    val_losses: list[float] = []
+    step = start_step
+    model.train()
+    while step < total_steps:
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        order = epoch_order(len(s.rows), t_cfg.seed, epoch)
+        slices = step_slices(order, in_epoch, t_cfg.micro_batch_size, t_cfg.grad_accum, dist.world_size, dist.rank)
+        g_start, g_end = in_epoch * g_rows, (in_epoch + 1) * g_rows
+        step_rows = [s.rows[i] for i in order[g_start:g_end]]
+        n_sup = sum(supervised_tokens(r) for r in step_rows)
+        n_real = sum(len(ex["input_ids"]) for r in step_rows for ex in r)
+        t0 = time.perf_counter()
+        local_sum = torch.zeros((), dtype=torch.float64)
+        for idx in slices:
+            rows = [s.rows[i] for i in idx] or [_null_row(pad)]
+            batch = s.collate(rows)
+            loss_sum, _ = batch_loss_sum(model, batch, s.packed, dist.device)
+            (loss_sum * (loss_scale / max(1, n_sup))).backward()
+            local_sum += loss_sum.detach().double().cpu()
+        if dist.distributed and not cfg.distributed.fsdp:
+            D.all_reduce_grads(dist, params)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, t_cfg.max_grad_norm)
+        grad_norm = float(D.full_tensor(grad_norm)) if D.is_sharded(grad_norm) else float(grad_norm)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        total = D.all_reduce_sum(dist, local_sum)
+        last_loss = float(total) / max(1, n_sup)
+        dt = time.perf_counter() - t0
+        if step % t_cfg.log_every == 0 or step == total_steps:
+            rec = {
+                "epoch": step / steps_per_epoch,
+                "loss": last_loss,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens": n_real,
+                "supervised_tokens": n_sup,
+                "tokens_per_s": n_real / dt if dt > 0 else 0.0,
+                "step_time_s": dt,
+                "peak_mem_gb": D.all_reduce_max(dist, mem.peak_gb()),
+            }
+            nvml = mem.nvml_peak_gb()
+            if nvml is not None:
+                rec["nvml_peak_gb"] = nvml
+            logger.log(step, rec)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{n_real / dt:.0f}")
+        if step % steps_per_epoch == 0 or step == total_steps:
+            vl = validation_loss(s, dist)
+            if vl is not None:
+                val_losses.append(vl)
+                logger.log(step, {"epoch": step / steps_per_epoch, "val_loss": vl}, kind="val")
+            model.train()
+        if (t_cfg.save_every and step % t_cfg.save_every == 0) or step == total_steps:
+            _save(s, optimizer, scheduler, step, g_rows, out)
+            if fault_step and step == fault_step:
+                os.kill(os.getpid(), signal.SIGKILL)
+    if bar is not None:
+        bar.close()
+    adapter = D.trainable_state_dict(model)
+    adapter_dir = os.path.join(out, "adapter")
+    if dist.is_main:
+        save_adapter(model, adapter, adapter_dir)
+        s.tokenizer.save_pretrained(adapter_dir)
+        save_config(cfg, os.path.join(adapter_dir, "medslm_config.yaml"))
+    D.barrier(dist)
+    logger.close()
+    mem.close()
+    result: dict[str, Any] = {
+        "output_dir": out,
+        "adapter_dir": adapter_dir,
+        "steps": step,
+        "final_loss": last_loss,
+        "val_losses": val_losses,
+        "peak_mem_gb": mem.peak_gb(),
+        "packing_efficiency": s.report["packing_efficiency"],
+    }
+    if keep_model:
+        result["model"], result["tokenizer"] = model, s.tokenizer
+    return result
+
+
+def _save(s: Setup, optimizer: Any, scheduler: Any, step: int, g_rows: int, out: str) -> None:
+    dist = s.dist
+    adapter = D.trainable_state_dict(s.model)  # collective
+    osd = D.optimizer_state(s.model, optimizer, dist)  # collective
+    rngs = D.all_gather_object(dist, rng_state())
+    if dist.is_main:
+        state = {
+            "global_step": step,
+            "optimizer": osd,
+            "scheduler": scheduler.state_dict(),
+            "rng": rngs,
+            "world_size": dist.world_size,
+            "global_batch_rows": g_rows,
+        }
+        save_checkpoint(out, step, adapter, state, yaml.safe_dump(to_dict(s.cfg), allow_unicode=True), s.cfg.train.keep_checkpoints)
+    D.barrier(dist)
+
+
+@torch.no_grad()
+def validation_loss(s: Setup, dist: D.DistState) -> float | None:
+    """Token-weighted loss over the validation rows, split across ranks."""
+    if not s.val_rows:
+        return None
+    s.model.eval()
+    mine = s.val_rows[dist.rank :: dist.world_size]
+    m = s.cfg.train.micro_batch_size
+    n_batches = math.ceil(math.ceil(len(s.val_rows) / dist.world_size) / m)  # equal on every rank
+    total = torch.zeros(2, dtype=torch.float64)
+    pad = _pad_id(s.tokenizer)
+    for b in range(n_batches):
+        rows = mine[b * m : (b + 1) * m] or [_null_row(pad)]
+        loss_sum, n = batch_loss_sum(s.model, s.collate(rows), s.packed, dist.device)
+        if n:
+            total += torch.tensor([float(loss_sum), n], dtype=torch.float64)
+    total = D.all_reduce_sum(dist, total)
+    return float(total[0] / total[1]) if total[1] > 0 else None

@@ -1,0 +1,129 @@
+"""Training end to end on the embedded tiny model: loss falls, adapter reloads, resume is exact,
+2 ranks under torchrun equal 1 rank, bad input fails early with one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from medslm.config import parse_config
+from medslm.train_config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small and fast, but the real path: NF4 base, LoRA on all linear layers, packing, checkpoints.
+FAST = [
+    "--config", str(REPO / "configs" / "tiny.yaml"),
+    "--data.max_seq_len=384",
+    "--train.micro_batch_size=2",
+    "--train.warmup_steps=2",
+    "--train.progress=false",
+]
+
+
+def _cfg(tmp_path: Path, *extra: str) -> TrainConfig:
+    return parse_config(TrainConfig, [*FAST, f"--train.output_dir={tmp_path / 'run'}", *extra])
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in recs if r["kind"] == "train"}
+
+
+def _run_cli(args: list[str], env_extra: dict | None = None, nproc: int = 1) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    cmd = [sys.executable, "train.py", *args]
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "train.py", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_train_writes_a_reloadable_peft_adapter(tmp_path):
+    from peft import PeftModel
+
+    from medslm.modeling import load_base_model
+    from medslm.trainer import train
+
+    cfg = _cfg(tmp_path, "--train.max_steps=6", "--train.save_every=3", "--lora.dropout=0.0")
+    result = train(cfg, keep_model=True)
+    run = Path(result["output_dir"])
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_recs = [r for r in recs if r["kind"] == "train"]
+    assert [r["step"] for r in train_recs] == [1, 2, 3, 4, 5, 6]
+    for key in ("loss", "lr", "grad_norm", "tokens", "tokens_per_s", "peak_mem_gb", "epoch"):
+        assert all(isinstance(r[key], (int, float)) for r in train_recs), key
+    assert train_recs[-1]["loss"] < train_recs[0]["loss"]
+    assert any(r["kind"] == "val" for r in recs)
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert (run / "config.yaml").is_file() and (run / "packing_report.json").is_file()
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["step-00000003", "step-00000006"]
+
+    adapter = run / "adapter"
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    assert tensors and all("lora_" in k for k in tensors)  # never base weights
+    base = load_base_model(cfg.model, torch.device("cpu"), packed=False)
+    reloaded = PeftModel.from_pretrained(base, str(adapter)).eval()
+    trained = result["model"].eval()
+    ids = torch.tensor([[1, 50, 60, 70, 80, 90, 100]])
+    with torch.no_grad():
+        a = trained(input_ids=ids).logits
+        b = reloaded(input_ids=ids).logits
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+    common = [*FAST, "--train.max_steps=6", "--train.save_every=2"]
+    full = _run_cli([*common, f"--train.output_dir={tmp_path / 'full'}"])
+    assert full.returncode == 0, full.stderr[-2000:]
+    killed = _run_cli([*common, f"--train.output_dir={tmp_path / 'cut'}"], {"MEDSLM_FAULT_AT_STEP": "4"})
+    assert killed.returncode == -9  # SIGKILL right after the step-4 checkpoint
+    assert not (tmp_path / "cut" / "adapter").exists()
+    resumed = _run_cli([*common, f"--train.output_dir={tmp_path / 'cut'}", "--train.resume=auto"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = _losses(tmp_path / "full"), _losses(tmp_path / "cut")
+    assert sorted(b) == [1, 2, 3, 4, 5, 6]
+    for step in (5, 6):
+        assert b[step] == pytest.approx(a[step], rel=1e-4)
+
+
+def test_two_ranks_equal_one_rank_with_twice_the_accumulation(tmp_path):
+    common = [*FAST, "--train.max_steps=5", "--lora.dropout=0.0", "--train.save_every=0"]
+    one = _run_cli([*common, "--train.grad_accum=2", f"--train.output_dir={tmp_path / 'one'}"])
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = _run_cli([*common, "--train.grad_accum=1", f"--train.output_dir={tmp_path / 'two'}"], nproc=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5]
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-4), step
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--train.lr=fast"], "'train.lr' must be a number"),
+        (["--model.name_or_path=/no/such/model"], "/no/such/model does not exist"),
+        (["--data.medqa=/no/such/file.jsonl"], "/no/such/file.jsonl"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(tmp_path, args, needle):
+    res = _run_cli([*FAST, f"--train.output_dir={tmp_path / 'x'}", *args])
+    assert res.returncode == 2
+    assert needle in res.stderr and "Traceback" not in res.stderr
+
+
+def test_resume_with_an_incompatible_config_is_refused(tmp_path):
+    from medslm.cli import UserError
+    from medslm.trainer import train
+
+    train(_cfg(tmp_path, "--train.max_steps=2"))
+    with pytest.raises(UserError, match="lora.r: checkpoint 16 vs now 8"):
+        train(_cfg(tmp_path, "--train.max_steps=4", "--lora.r=8", "--train.resume=auto"))
