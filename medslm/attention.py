@@ -32,26 +32,62 @@ def _segments(cu: torch.Tensor) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
+GROUP_SLACK = 1.25  # segments whose lengths are within 25% share one padded SDPA call
+
+
+def _length_groups(lengths: list[int]) -> list[list[int]]:
+    """Segment indices grouped by similar length (sorted), so a group pads little."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and lengths[i] <= GROUP_SLACK * lengths[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _window_mask(n: int, window: int, device: torch.device) -> torch.Tensor:
+    i = torch.arange(n, device=device)
+    return (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - window)
+
+
 def _segment_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, scale: float | None, window: int | None, dropout: float
 ) -> torch.Tensor:
-    """q: [H, N, D], k/v: [Hkv, N, D] over N flattened tokens -> [H, N, D]; causal inside segments."""
-    gqa = q.shape[0] != k.shape[0]
-    outs = []
-    for a, b in _segments(cu):
-        n = b - a
-        mask = None
-        causal = True
-        if window is not None and n > window:
-            i = torch.arange(n, device=q.device)
-            mask = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - window)
-            causal = False
-        outs.append(
-            F.scaled_dot_product_attention(
-                q[:, a:b], k[:, a:b], v[:, a:b], attn_mask=mask, is_causal=causal, scale=scale, dropout_p=dropout, enable_gqa=gqa
-            )
-        )
-    return torch.cat(outs, dim=1)
+    """q: [H, N, D], k/v: [Hkv, N, D] over N flattened tokens -> [H, N, D]; causal inside segments.
+
+    Segments of similar length are right-padded into one [G, H, L, D] batch: with a causal mask a
+    real token never sees the padding after it, so each segment's output is exact, and the work
+    stays close to sum(len^2) while the number of kernel calls drops to a handful.
+    """
+    if q.shape[0] != k.shape[0]:
+        # SDPA's fused CPU kernel does not take enable_gqa (it falls back to the slow math path),
+        # so share the KV heads explicitly, once for the whole row
+        rep = q.shape[0] // k.shape[0]
+        k, v = k.repeat_interleave(rep, dim=0), v.repeat_interleave(rep, dim=0)
+    segs = _segments(cu)
+    lengths = [b - a for a, b in segs]
+    if sum(lengths) != q.shape[1]:
+        raise ValueError(f"cu_seqlens covers {sum(lengths)} tokens but the row has {q.shape[1]}")
+    # split/pad/stack and slice/cat rather than index gathers: their backward passes are plain
+    # copies, where a gather's backward is a scatter-add that costs more than the attention
+    pieces = [t.transpose(0, 1).split(lengths) for t in (q, k, v)]  # each [len, H, D]
+    outs: list[torch.Tensor | None] = [None] * len(segs)
+    for group in _length_groups(lengths):
+        longest = lengths[group[-1]]
+
+        def batch(parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            padded = [F.pad(parts[j], (0, 0, 0, 0, 0, longest - lengths[j])) for j in group]
+            return torch.stack(padded).transpose(1, 2)  # [G, H, L, D]
+
+        mask = _window_mask(longest, window, q.device) if window is not None and longest > window else None
+        o = F.scaled_dot_product_attention(
+            *(batch(p) for p in pieces), attn_mask=mask, is_causal=mask is None, scale=scale, dropout_p=dropout
+        ).transpose(1, 2)  # [G, L, H, D]
+        for g, j in enumerate(group):
+            outs[j] = o[g, : lengths[j]]
+    return torch.cat(outs).transpose(0, 1)  # type: ignore[arg-type]
 
 
 _VARLEN_PARAMS: set[str] | None = None

@@ -152,3 +152,14 @@ def test_build_dataset_on_the_embedded_samples():
     for ex in built.train:
         sup = [t for t in ex.labels if t != -100]
         assert 1 <= len(sup) <= 3 and ex.labels[0] == -100  # answer letter (+EOS) only
+
+
+def test_saved_datasets_folder_with_splits(tmp_path):
+    import datasets
+
+    rows = {s: [kormed_row(i + 10 * k, "pharm") for i in range(3)] for k, s in enumerate(("train", "validation", "test"))}
+    dd = datasets.DatasetDict({s: datasets.Dataset.from_list(r) for s, r in rows.items()})
+    dd.save_to_disk(str(tmp_path / "saved"))
+    items = load_items("kormedmcqa", [tmp_path / "saved"])
+    assert len(items) == 9 and {it.split for it in items} == {"train", "dev", "test"}
+    assert items[0].source.endswith("[train]:row 1")

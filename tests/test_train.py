@@ -94,8 +94,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
         assert b[step] == pytest.approx(a[step], rel=1e-4)
 
 
-def test_two_ranks_equal_one_rank_with_twice_the_accumulation(tmp_path):
-    common = [*FAST, "--train.max_steps=5", "--lora.dropout=0.0", "--train.save_every=0"]
+@pytest.mark.parametrize("fsdp", ["true", "false"])
+def test_two_ranks_equal_one_rank_with_twice_the_accumulation(tmp_path, fsdp):
+    common = [*FAST, "--train.max_steps=5", "--lora.dropout=0.0", "--train.save_every=0", f"--distributed.fsdp={fsdp}"]
     one = _run_cli([*common, "--train.grad_accum=2", f"--train.output_dir={tmp_path / 'one'}"])
     assert one.returncode == 0, one.stderr[-2000:]
     two = _run_cli([*common, "--train.grad_accum=1", f"--train.output_dir={tmp_path / 'two'}"], nproc=2)
