@@ -1,0 +1,292 @@
+"""0-shot MCQ accuracy of a base model or a trained adapter: item selection, eval.json, predictions.jsonl.
+
+``evaluate(EvalConfig)`` is what ``python evaluate.py`` runs: pick the items (the run's own test
+split by default), load the base model (+ the run's adapter), score with the training prompt
+template (:mod:`medslm.scoring`: ``letter`` by default, ``option_text`` for base models that do not
+answer with a letter), then write
+
+- ``OUT/eval.json``: model/adapter, template, scoring, data and split, item count, timings, and per
+  benchmark accuracy, n, correct and the Wilson 95% interval, also per subject (KorMedMCQA:
+  doctor/nurse/pharm/dentist; MedQA: ``meta_info``, or ``usmle`` when absent);
+- ``OUT/predictions.jsonl``: one line per item: id, benchmark, subject, language, gold, predicted,
+  correct, scores (one per option, in option order; higher is better).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from medslm.cli import UserError
+from medslm.config import ConfigError, load_saved_config
+from medslm.data import load_items
+from medslm.dataset import DataConfig, load_and_split, resolve_paths
+from medslm.records import LETTERS, MCQItem
+from medslm.scoring import SCORERS
+from medslm.stats import accuracy_summary
+
+Split = Literal["train", "val", "test", "all"]
+TEMPLATE = "medslm.prompts 0-shot (MedQA: lm-eval medqa_4options; KorMedMCQA: lm-eval kormedmcqa)"
+
+
+@dataclass
+class EvalConfig:
+    """Everything ``python evaluate.py [--run RUN | --model NAME] ...`` takes."""
+
+    run: str | None = None  # a train.py output_dir (config.yaml + adapter/)
+    model: str | None = None  # a base model (no adapter): path, hub id or embedded[:name]
+    medqa: list[str] | None = None  # explicit eval files; None: the run's (or default) data config
+    kormedmcqa: list[str] | None = None
+    split: Split | None = None  # None: "test" of the config's data, "all" for explicit files
+    split_mode: Literal["hash", "official"] | None = None  # None: the run's data.split (default hash)
+    out: str | None = None  # None: RUN/eval, or runs/eval-<model name>
+    scoring: Literal["letter", "option_text"] = "letter"
+    batch_size: int = 32
+    max_batch_tokens: int = 16384  # rows x padded length per forward pass
+    max_items: int = 0  # > 0: at most this many items per benchmark (in file order)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    quantization: Literal["nf4", "none"] | None = None  # None: the run's, or nf4 for --model
+    tokenizer: str | None = None  # --model only; None: the model's own (embedded: the embedded one)
+    progress: bool = True
+
+    def validate(self) -> None:
+        if (self.run is None) == (self.model is None):
+            raise ConfigError("give exactly one of --run RUN_DIR or --model NAME_OR_PATH")
+        if self.batch_size < 1 or self.max_batch_tokens < 1 or self.max_items < 0:
+            raise ConfigError("--batch-size and --max-batch-tokens must be >= 1, --max-items >= 0")
+        if self.tokenizer is not None and self.run is not None:
+            raise ConfigError("--tokenizer is for --model; a run's tokenizer is saved in RUN/adapter")
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs, models and items
+# ---------------------------------------------------------------------------------------------
+
+
+def check_run_dir(run: str | Path) -> Path:
+    """The run folder, after checking it holds config.yaml and a saved adapter."""
+    p = Path(run)
+    if not p.is_dir():
+        raise UserError(f"--run {run}: no such directory")
+    if not (p / "config.yaml").is_file():
+        raise UserError(f"--run {run}: no config.yaml (expected the output_dir of train.py)")
+    adapter = p / "adapter"
+    if not (adapter / "adapter_config.json").is_file() or not any(adapter.glob("adapter_model.*")):
+        raise UserError(f"--run {run}: no trained adapter in {adapter} (did training finish?)")
+    return p
+
+
+def load_run_config(run: str | Path) -> Any:
+    from medslm.train_config import TrainConfig
+
+    return load_saved_config(TrainConfig, check_run_dir(run) / "config.yaml")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    return dev
+
+
+def load_for_eval(cfg: EvalConfig, run_cfg: Any = None) -> tuple[Any, Any, dict[str, Any]]:
+    """(model in eval mode, tokenizer, description) for ``--run`` (base + adapter) or ``--model``."""
+    from medslm.modeling import ModelConfig, embedded_tokenizer_for, load_base_model
+    from medslm.tokenizer import load_tokenizer
+
+    device = resolve_device(cfg.device)
+    adapter = None
+    if cfg.run is not None:
+        run_cfg = run_cfg if run_cfg is not None else load_run_config(cfg.run)
+        mcfg = copy.deepcopy(run_cfg.model)
+        adapter = check_run_dir(cfg.run) / "adapter"
+        has_tok = any((adapter / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+        tok_src: str | None = str(adapter) if has_tok else (run_cfg.data.tokenizer or embedded_tokenizer_for(mcfg))
+    else:
+        mcfg = ModelConfig(name_or_path=str(cfg.model))
+        tok_src = cfg.tokenizer or embedded_tokenizer_for(mcfg)
+    if cfg.quantization is not None:
+        mcfg.quantization = cfg.quantization
+    if mcfg.attention in ("auto", "packed"):
+        mcfg.attention = "sdpa"  # padded batches; the packed kernel is for training rows
+    mcfg.validate()
+    tokenizer = load_tokenizer(tok_src)
+    model = load_base_model(mcfg, device, packed=False)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > vocab:
+        raise UserError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has {vocab}")
+    if adapter is not None:
+        from peft import PeftModel
+
+        with warnings.catch_warnings():  # transformers' gradient-checkpointing rename, seen by PEFT
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing.*")
+            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+    model.eval()
+    info = {
+        "name_or_path": mcfg.name_or_path,
+        "quantization": mcfg.quantization,
+        "compute_dtype": str(next(p for p in model.parameters() if p.is_floating_point()).dtype),
+        "run": str(Path(cfg.run).resolve()) if cfg.run else None,
+        "adapter": str(adapter.resolve()) if adapter else None,
+        "device": str(device),
+    }
+    return model, tokenizer, info
+
+
+def select_items(cfg: EvalConfig, run_cfg: Any = None) -> tuple[list[MCQItem], dict[str, Any]]:
+    """The items to evaluate and a description of where they came from.
+
+    No ``--medqa``/``--kormedmcqa``: the run's data config (the default DataConfig for
+    ``--model``: the embedded samples), split by its split mode, ``--split`` (default ``test``).
+    Explicit files: every item in them (``--split all``) unless a split is asked for, in which case
+    those files are split like training data (``--split-mode``; default: the run's, else hash). ``train`` is the
+    whole training split, before ratio mixing; ``all`` is every loaded item, without leak removal.
+    """
+    explicit = cfg.medqa is not None or cfg.kormedmcqa is not None
+    if explicit:
+        data = DataConfig(medqa=list(cfg.medqa or []), kormedmcqa=list(cfg.kormedmcqa or []))
+        if run_cfg is not None:
+            data.split = run_cfg.data.split
+        split = cfg.split or "all"
+    else:
+        data = copy.deepcopy(run_cfg.data) if run_cfg is not None else DataConfig()
+        split = cfg.split or "test"
+    if cfg.split_mode is not None:
+        data.split = cfg.split_mode
+    if split == "all":
+        items = [it for b in ("medqa", "kormedmcqa") for it in load_items(b, resolve_paths(b, getattr(data, b)), data.skip_invalid)]
+    else:
+        items = load_and_split(data).splits.splits[split]
+    if cfg.max_items:
+        kept: dict[str, int] = {}
+        capped = []
+        for it in items:
+            if kept.get(it.benchmark, 0) < cfg.max_items:
+                kept[it.benchmark] = kept.get(it.benchmark, 0) + 1
+                capped.append(it)
+        items = capped
+    desc = {"medqa": data.medqa, "kormedmcqa": data.kormedmcqa, "split": split, "split_mode": data.split}
+    if not items:
+        raise UserError(f"no items to evaluate (data {data.medqa + data.kormedmcqa}, split {split!r}, split mode {data.split!r})")
+    return items, desc
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------------
+
+
+def predictions(items: Sequence[MCQItem], scores: Sequence[Sequence[float]]) -> list[dict[str, Any]]:
+    """One record per item; ties go to the first option (deterministic)."""
+    out = []
+    for it, sc in zip(items, scores):
+        pred = max(range(len(sc)), key=lambda k: (sc[k], -k))
+        out.append(
+            {
+                "id": it.id,
+                "benchmark": it.benchmark,
+                "subject": it.subject,
+                "language": it.language,
+                "gold": LETTERS[it.answer],
+                "predicted": LETTERS[pred],
+                "correct": pred == it.answer,
+                "scores": [float(s) for s in sc],
+            }
+        )
+    return out
+
+
+def summarise(preds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per benchmark: accuracy, n, Wilson 95% CI, and the same per subject."""
+    out: dict[str, Any] = {}
+    for bench in sorted({p["benchmark"] for p in preds}):
+        rows = [p for p in preds if p["benchmark"] == bench]
+        summ = accuracy_summary([p["correct"] for p in rows])
+        subjects = sorted({p["subject"] for p in rows})
+        summ["subjects"] = {s: accuracy_summary([p["correct"] for p in rows if p["subject"] == s]) for s in subjects}
+        out[bench] = summ
+    return out
+
+
+def format_table(benchmarks: dict[str, Any]) -> str:
+    lines = [f"{'benchmark':<12} {'subject':<10} {'n':>6} {'accuracy':>9}  95% CI (Wilson)", "-" * 58]
+    for bench, s in benchmarks.items():
+        rows = [("(all)", s)] + list(s["subjects"].items())
+        for j, (name, r) in enumerate(rows):
+            lo, hi = r["ci95"]
+            lines.append(f"{bench if j == 0 else '':<12} {name:<10} {r['n']:>6} {100 * r['accuracy']:>8.1f}%  [{100 * lo:.1f}, {100 * hi:.1f}]")
+    return "\n".join(lines)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def default_out(cfg: EvalConfig) -> Path:
+    if cfg.out:
+        return Path(cfg.out)
+    if cfg.run:
+        return Path(cfg.run) / "eval"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(cfg.model).strip("/").split("/")[-1])
+    return Path("runs") / f"eval-{safe}"
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Score every selected item, write OUT/eval.json and OUT/predictions.jsonl, print the table."""
+    cfg.validate()
+    t_start = time.perf_counter()
+    run_cfg = load_run_config(cfg.run) if cfg.run else None
+    items, data_desc = select_items(cfg, run_cfg)
+    model, tokenizer, model_info = load_for_eval(cfg, run_cfg)
+    t0 = time.perf_counter()
+    scores = SCORERS[cfg.scoring](model, tokenizer, items, cfg.batch_size, cfg.max_batch_tokens, cfg.progress)
+    scoring_s = time.perf_counter() - t0
+    preds = predictions(items, scores)
+    benchmarks = summarise(preds)
+    out = default_out(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {
+        "model": model_info,
+        "template": TEMPLATE,
+        "scoring": cfg.scoring,
+        "data": data_desc,
+        "split": data_desc["split"],
+        "n_items": len(items),
+        "benchmarks": benchmarks,
+        "elapsed_s": time.perf_counter() - t_start,
+        "scoring_s": scoring_s,
+        "items_per_s": len(items) / scoring_s if scoring_s > 0 else None,
+        "config": asdict(cfg),
+    }
+    _write_text(out / "predictions.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds))
+    _write_text(out / "eval.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    print(format_table(benchmarks))
+    print(f"{len(items)} items, {cfg.scoring} scoring, {scoring_s:.1f}s; wrote {out / 'eval.json'}")
+    return {"out_dir": str(out), "eval": result, "predictions": preds}
+
+
+__all__ = [
+    "EvalConfig",
+    "check_run_dir",
+    "default_out",
+    "evaluate",
+    "format_table",
+    "load_for_eval",
+    "load_run_config",
+    "predictions",
+    "resolve_device",
+    "select_items",
+    "summarise",
+]

@@ -1,0 +1,131 @@
+"""evaluate.py compare: paired comparison of eval dirs by item id (forgetting, the paper's Table 7)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medslm.forgetting import CompareConfig, compare, read_predictions
+from medslm.stats import compare_correctness
+
+SUBJECTS = ("doctor", "nurse", "pharm", "dentist")
+
+
+def _write_eval(d: Path, correct: dict[str, bool], gold: str = "A", scoring: str = "letter") -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for key, ok in correct.items():
+        bench, subj = ("medqa", "step1") if key.startswith("medqa") else ("kormedmcqa", key.split("/")[1])
+        lines.append({"id": key, "benchmark": bench, "subject": subj, "language": "en" if bench == "medqa" else "ko",
+                      "gold": gold, "predicted": gold if ok else "B", "correct": ok, "scores": [0.0, -1.0, -2.0, -3.0]})
+    # written in a different order each time: matching is by id, not position
+    rng = np.random.default_rng(len(d.name))
+    order = rng.permutation(len(lines))
+    (d / "predictions.jsonl").write_text("".join(json.dumps(lines[i]) + "\n" for i in order))
+    (d / "eval.json").write_text(json.dumps({"model": {"name_or_path": "embedded", "adapter": str(d)}, "scoring": scoring, "split": "test"}))
+    return d
+
+
+def _ids() -> list[str]:
+    return [f"medqa/US/test.jsonl/{i}" for i in range(40)] + [f"kormedmcqa/{s}/2020-1-{i}" for s in SUBJECTS for i in range(30)]
+
+
+def _correct(seed: int, p: float, drop: dict[str, float] | None = None) -> dict[str, bool]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key in _ids():
+        subj = key.split("/")[1] if key.startswith("kormed") else "medqa"
+        out[key] = bool(rng.random() < p - (drop or {}).get(subj, 0.0))
+    return out
+
+
+def test_compare_reports_each_benchmark_and_subject(tmp_path, capsys):
+    base_c = _correct(0, 0.8)
+    other_c = dict(base_c)
+    for i in range(30):  # nurse: 20 of 30 right answers lost
+        key = f"kormedmcqa/nurse/2020-1-{i}"
+        if other_c[key] and sum(not other_c[f"kormedmcqa/nurse/2020-1-{j}"] for j in range(30)) < 25:
+            other_c[key] = False
+    base = _write_eval(tmp_path / "r5-5", base_c)
+    other = _write_eval(tmp_path / "r10-3", other_c)
+    res = compare(CompareConfig(eval_dirs=[str(base), str(other)], out=str(tmp_path / "cmp" / "compare.json")))
+    rows = {(r["benchmark"], r["subject"]): r for r in res["comparisons"][0]["rows"]}
+    assert set(rows) == {("medqa", "(all)"), ("medqa", "step1"), ("kormedmcqa", "(all)")} | {("kormedmcqa", s) for s in SUBJECTS}
+    nurse = rows[("kormedmcqa", "nurse")]
+    assert nurse["delta_pp"] < 0 and nurse["forgetting"] and nurse["mcnemar_p"] < 0.05
+    assert nurse["ci_high_pp"] < 0
+    assert rows[("medqa", "(all)")]["delta_pp"] == 0 and not rows[("medqa", "(all)")]["forgetting"]
+    # the numbers are exactly medslm.stats on the id-aligned vectors
+    ids = sorted(k for k in base_c if "/nurse/" in k)
+    want = compare_correctness(np.array([base_c[k] for k in ids]), np.array([other_c[k] for k in ids]), n_resamples=10_000, seed=0)
+    assert {k: nurse[k] for k in want} == want
+    assert res["n_resamples"] == 10_000 and res["seed"] == 0
+    out = capsys.readouterr().out
+    assert "| kormedmcqa | nurse |" in out and "**yes**" in out
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert saved["comparisons"][0]["rows"] == res["comparisons"][0]["rows"]
+    assert (tmp_path / "cmp" / "compare.md").read_text().startswith("### ")
+    # seeded: the same result again
+    again = compare(CompareConfig(eval_dirs=[str(base), str(other)], out=str(tmp_path / "cmp2.json")))
+    assert again["comparisons"] == res["comparisons"]
+
+
+def test_compare_many_through_the_cli(tmp_path, capsys):
+    import evaluate as entry
+
+    dirs = [_write_eval(tmp_path / f"e{i}", _correct(i, 0.6)) for i in range(3)]
+    cfg = entry.parse_args(["compare", *map(str, dirs), "--out", str(tmp_path / "c.json"), "--resamples", "2000", "--seed", "3"])
+    assert isinstance(cfg, CompareConfig) and cfg.n_resamples == 2000 and cfg.seed == 3
+    res = entry.main(cfg)
+    assert [c["other"] for c in res["comparisons"]] == [str(dirs[1]), str(dirs[2])]
+    assert capsys.readouterr().out.count("### ") == 2
+
+
+def _cli_error(argv: list[str], capsys) -> str:
+    import evaluate as entry
+    from medslm.cli import run_cli
+
+    with pytest.raises(SystemExit) as exc:
+        run_cli(lambda: entry.main(entry.parse_args(argv)))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_different_items_are_an_error(tmp_path, capsys):
+    c = _correct(0, 0.7)
+    base = _write_eval(tmp_path / "a", c)
+    fewer = _write_eval(tmp_path / "b", {k: v for k, v in c.items() if k != "medqa/US/test.jsonl/7"})
+    err = _cli_error(["compare", str(base), str(fewer), "--out", str(tmp_path / "x.json")], capsys)
+    assert "different items" in err and "medqa/US/test.jsonl/7" in err
+    other_gold = _write_eval(tmp_path / "c", c, gold="C")
+    err = _cli_error(["compare", str(base), str(other_gold), "--out", str(tmp_path / "x.json")], capsys)
+    assert "gold" in err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_bad_compare_arguments(tmp_path, capsys):
+    base = _write_eval(tmp_path / "a", _correct(0, 0.7))
+    assert "at least one" in _cli_error(["compare", str(base)], capsys)
+    assert "2000" in _cli_error(["compare", str(base), str(base), "--resamples", "100"], capsys)
+    assert "predictions.jsonl" in _cli_error(["compare", str(base), str(tmp_path / "missing")], capsys)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "predictions.jsonl").write_text('{"id": "x"}\n')
+    assert "line 1" in _cli_error(["compare", str(base), str(tmp_path / "broken")], capsys)
+
+
+def test_read_predictions_accepts_the_file_itself(tmp_path):
+    d = _write_eval(tmp_path / "a", _correct(0, 0.7))
+    assert read_predictions(d / "predictions.jsonl") == read_predictions(d)
+
+
+def test_mixed_scoring_methods_warn(tmp_path, capsys):
+    c = _correct(1, 0.5)
+    a = _write_eval(tmp_path / "a", c)
+    b = _write_eval(tmp_path / "b", c, scoring="option_text")
+    res = compare(CompareConfig(eval_dirs=[str(a), str(b)], out=str(tmp_path / "c.json"), n_resamples=2000))
+    assert "scoring" in res["warning"] and "warning" in capsys.readouterr().out
