@@ -27,24 +27,13 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from bench.common import make_llama  # noqa: E402
+
 from medslm.data import load_items  # noqa: E402
 from medslm.dataset import resolve_paths  # noqa: E402
 from medslm.modeling import LoraConfigSection, ModelConfig, apply_lora, load_base_model  # noqa: E402
 from medslm.scoring import score_letters, score_per_option  # noqa: E402
 from medslm.tokenizer import load_tokenizer  # noqa: E402
-
-
-def make_llama(tmp: Path, hidden: int, layers: int) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(
-        vocab_size=4096, hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers,
-        num_attention_heads=max(1, hidden // 64), num_key_value_heads=max(1, hidden // 128),
-        max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(tmp / "model")
-    return tmp / "model"
 
 
 def sample_items(n: int) -> list:

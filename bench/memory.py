@@ -8,8 +8,10 @@ Each mode runs in its own subprocess (a fresh allocator). Figures per mode:
   quantisation constants included) + gradients + optimizer state. Exact, and what the method
   changes; on a CPU this is the honest comparison, because peak RSS at small shapes is mostly the
   runtime and activations.
-- ``peak_gb``: torch's CUDA peak on a GPU; on CPU, peak RSS minus the RSS before the model was
-  built.
+- ``peak_gb``: peak memory of the two training steps: torch's CUDA peak (reset after loading)
+  on a GPU; on CPU, the peak RSS of the steps (the kernel's high-water mark, reset after loading
+  through /proc/self/clear_refs) minus the RSS before the model was built.
+- ``load_peak_gb``: the same before the reset, i.e. while loading (and quantising) the model.
 Ends with one JSON line of the figures and the ratios to full fine-tuning.
 """
 
@@ -87,6 +89,20 @@ def tensor_bytes(model, optimizer) -> int:
     return total
 
 
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # not Linux: no reset possible
+
+
+def _reset_peak_rss() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    except OSError:
+        pass
+
+
 def run_mode(mode: str, model_dir: str, seq_len: int, micro_batch: int) -> dict:
     import torch
 
@@ -94,7 +110,7 @@ def run_mode(mode: str, model_dir: str, seq_len: int, micro_batch: int) -> dict:
     from medslm.trainer import batch_loss_sum
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss0 = _rss_kib("VmRSS") * 1024
     mcfg = ModelConfig(
         name_or_path=model_dir,
         quantization="nf4" if mode == "qlora" else "none",
@@ -124,7 +140,11 @@ def run_mode(mode: str, model_dir: str, seq_len: int, micro_batch: int) -> dict:
         "position_ids": torch.arange(seq_len).expand(micro_batch, -1),
     }
     if device.type == "cuda":
+        load_peak = torch.cuda.max_memory_allocated()
         torch.cuda.reset_peak_memory_stats()
+    else:
+        load_peak = _rss_kib("VmHWM") * 1024 - rss0
+        _reset_peak_rss()
     t0 = time.perf_counter()
     for _ in range(2):
         loss, n = batch_loss_sum(model, batch, packed=False, device=device)
@@ -136,13 +156,14 @@ def run_mode(mode: str, model_dir: str, seq_len: int, micro_batch: int) -> dict:
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0
+        peak = _rss_kib("VmHWM") * 1024 - rss0
     return {
         "mode": mode,
         "device": str(device),
         "trainable_params": sum(p.numel() for p in params),
         "state_gb": tensor_bytes(model, opt) / 1e9,
         "peak_gb": peak / 1e9,
+        "load_peak_gb": load_peak / 1e9,
         "two_steps_s": elapsed,
     }
 
@@ -168,13 +189,17 @@ def main() -> None:
             if proc.returncode != 0:
                 raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")
             results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"{'mode':10} {'trainable':>12} {'state GB':>9} {'peak GB':>8} {'2 steps s':>9}")
+    print(f"{'mode':10} {'trainable':>12} {'state GB':>9} {'peak GB':>8} {'load peak GB':>12} {'2 steps s':>9}")
     for r in results.values():
-        print(f"{r['mode']:10} {r['trainable_params']:12,d} {r['state_gb']:9.3f} {r['peak_gb']:8.3f} {r['two_steps_s']:9.2f}")
+        print(
+            f"{r['mode']:10} {r['trainable_params']:12,d} {r['state_gb']:9.3f} {r['peak_gb']:8.3f} "
+            f"{r['load_peak_gb']:12.3f} {r['two_steps_s']:9.2f}"
+        )
     out = {"shape": a.shape, "seq_len": a.seq_len, "micro_batch": a.micro_batch, "device": next(iter(results.values()))["device"]}
     for m, r in results.items():
         out[f"{m}_state_gb"] = round(r["state_gb"], 4)
         out[f"{m}_peak_gb"] = round(r["peak_gb"], 4)
+        out[f"{m}_load_peak_gb"] = round(r["load_peak_gb"], 4)
     if "full" in results:
         for m in results:
             if m != "full":

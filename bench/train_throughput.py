@@ -31,24 +31,13 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from bench.common import make_llama  # noqa: E402
+
 from medslm.dataset import DataConfig, build_dataset  # noqa: E402
 from medslm.modeling import LoraConfigSection, ModelConfig, apply_lora, load_base_model  # noqa: E402
 from medslm.packing import PackedCollator, PaddedCollator, pack_bfd  # noqa: E402
 from medslm.tokenizer import load_tokenizer  # noqa: E402
 from medslm.trainer import batch_loss_sum  # noqa: E402
-
-
-def make_model(tmp: Path, hidden: int, layers: int) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(
-        vocab_size=4096, hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers,
-        num_attention_heads=max(1, hidden // 64), num_key_value_heads=max(1, hidden // 128),
-        max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(tmp / "model")
-    return tmp / "model"
 
 
 class Mode:
@@ -106,7 +95,7 @@ def main() -> None:
     examples = (examples * (a.examples // len(examples) + 1))[: a.examples]
     pad = tok.pad_token_id
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = make_model(Path(tmp), a.hidden, a.layers)
+        model_dir = make_llama(Path(tmp), a.hidden, a.layers)
         packed = Mode("packed", model_dir, examples, a.max_seq_len, pad, device)
         longest = Mode("longest", model_dir, examples, a.max_seq_len, pad, device)
         max_len = Mode("max_length", model_dir, examples[: a.examples_max_length], a.max_seq_len, pad, device)

@@ -98,12 +98,18 @@ def _split_from_name(path: Path) -> str | None:
     return None
 
 
-def _read_jsonl(path: Path, split: str | None) -> Iterator[RawRow]:
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 (a BOM allowed); an undecodable byte is an error naming its line."""
+    data = path.read_bytes()
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        line = data[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}:line {line}", "(file)", f"not valid UTF-8 ({exc.reason})") from None
+
+
+def _read_jsonl(path: Path, split: str | None) -> Iterator[RawRow]:
+    text = _read_text(path)
     stripped = text.lstrip()
     if stripped.startswith("["):  # a JSON array file
         try:
@@ -130,11 +136,7 @@ def _read_jsonl(path: Path, split: str | None) -> Iterator[RawRow]:
 
 
 def _read_csv(path: Path, split: str | None) -> Iterator[RawRow]:
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:line {line}", "(file)", f"not valid UTF-8 ({exc.reason})") from None
+    text = _read_text(path)
     reader = csv.DictReader(text.splitlines(keepends=True))
     for row in reader:
         # line_num is the physical line the row ended on; rows rarely span lines in these exports

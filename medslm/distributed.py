@@ -69,17 +69,24 @@ def barrier(state: DistState) -> None:
         dist.barrier()
 
 
+def _comm_device(state: DistState) -> torch.device:
+    """NCCL reduces only CUDA tensors; gloo reduces CPU tensors."""
+    return state.device if state.backend == "nccl" else torch.device("cpu")
+
+
 def all_reduce_sum(state: DistState, value: torch.Tensor) -> torch.Tensor:
-    if state.distributed:
-        value = value.clone()
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
-    return value
+    """Sum over ranks; the result is on the device ``value`` came from."""
+    if not state.distributed:
+        return value
+    buf = value.detach().to(_comm_device(state), copy=True)
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return buf.to(value.device)
 
 
 def all_reduce_max(state: DistState, value: float) -> float:
     if not state.distributed:
         return value
-    t = torch.tensor([value], dtype=torch.float64, device=state.device if state.backend == "nccl" else "cpu")
+    t = torch.tensor([value], dtype=torch.float64, device=_comm_device(state))
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
 
@@ -147,7 +154,7 @@ def load_trainable_state_dict(model: torch.nn.Module, full: dict[str, torch.Tens
         for name, value in full.items():
             p = params[name]
             if is_sharded(p):
-                p.copy_(distribute_tensor(value.to(p.dtype), p.device_mesh, p.placements))
+                p.copy_(distribute_tensor(value.to(device=p.device, dtype=p.dtype), p.device_mesh, p.placements))
             else:
                 p.copy_(value.to(device=p.device, dtype=p.dtype))
 

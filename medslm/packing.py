@@ -176,25 +176,13 @@ def segment_ids_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor:
     which is transformers' own rule (``find_packed_sequence_indices``). For ``PackedCollator``
     output this is exactly "wherever position_ids == 0" (padding tails included).
     """
-    pos = torch.as_tensor(position_ids)
-    squeeze = pos.ndim == 1
-    if squeeze:
-        pos = pos.unsqueeze(0)
-    if pos.ndim != 2:
-        raise ValueError(f"position_ids must be [B, T] or [T], got shape {tuple(pos.shape)}")
-    starts = torch.ones_like(pos, dtype=torch.bool)
-    if pos.shape[1] > 1:
-        starts[:, 1:] = pos[:, 1:] != pos[:, :-1] + 1
-    seg = starts.long().cumsum(-1) - 1
+    squeeze = torch.as_tensor(position_ids).ndim == 1
+    seg = _segment_starts(position_ids).long().cumsum(-1) - 1
     return seg[0] if squeeze else seg
 
 
-def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor:
-    """``cu_seqlens`` (int32, over the flattened batch) implied by ``position_ids`` [B, T] or [T].
-
-    Segment starts follow ``segment_ids_from_position_ids``; every row start is a boundary. For
-    ``PackedCollator`` output this reproduces its ``cu_seqlens`` exactly.
-    """
+def _segment_starts(position_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] bool: True at column 0 and wherever ``pos[t] != pos[t-1] + 1``."""
     pos = torch.as_tensor(position_ids)
     if pos.ndim == 1:
         pos = pos.unsqueeze(0)
@@ -203,8 +191,18 @@ def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor:
     starts = torch.ones_like(pos, dtype=torch.bool)
     if pos.shape[1] > 1:
         starts[:, 1:] = pos[:, 1:] != pos[:, :-1] + 1
+    return starts
+
+
+def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    """``cu_seqlens`` (int32, over the flattened batch) implied by ``position_ids`` [B, T] or [T].
+
+    Segment starts follow ``segment_ids_from_position_ids``; every row start is a boundary. For
+    ``PackedCollator`` output this reproduces its ``cu_seqlens`` exactly.
+    """
+    starts = _segment_starts(position_ids)
     flat_starts = torch.nonzero(starts.reshape(-1)).squeeze(-1)
-    end = torch.tensor([pos.numel()], dtype=flat_starts.dtype, device=flat_starts.device)
+    end = torch.tensor([starts.numel()], dtype=flat_starts.dtype, device=flat_starts.device)
     return torch.cat([flat_starts, end]).to(torch.int32)
 
 
