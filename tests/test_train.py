@@ -128,3 +128,16 @@ def test_resume_with_an_incompatible_config_is_refused(tmp_path):
     train(_cfg(tmp_path, "--train.max_steps=2"))
     with pytest.raises(UserError, match="lora.r: checkpoint 16 vs now 8"):
         train(_cfg(tmp_path, "--train.max_steps=4", "--lora.r=8", "--train.resume=auto"))
+
+
+@pytest.mark.parametrize("padding", ["longest", "max_length"])
+def test_packing_does_not_reweight_examples(tmp_path, padding):
+    """One step over the whole mix: packed rows and one-example-per-row padding give the same loss."""
+    from medslm.trainer import train
+
+    common = ["--train.max_steps=1", "--lora.dropout=0.0", "--train.grad_accum=1", "--train.micro_batch_size=256",
+              "--data.ratio=1:1", "--model.quantization=none"]
+    packed = train(_cfg(tmp_path / "p", *common))
+    padded = train(_cfg(tmp_path / "u", *common, "--data.packing=false", f"--data.padding={padding}"))
+    assert packed["packing_efficiency"] > 0.9
+    assert padded["final_loss"] == pytest.approx(packed["final_loss"], rel=1e-5)
