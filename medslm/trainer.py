@@ -14,6 +14,7 @@ tokens per example, so the [tokens x vocab] logits tensor — 8.6 GB at 4 x 2048
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -249,8 +250,6 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool = False) -> dict[
 
     if dist.is_main:
         save_config(cfg, os.path.join(out, "config.yaml"))
-        import json
-
         with open(os.path.join(out, "packing_report.json"), "w", encoding="utf-8") as f:
             json.dump(s.report, f, indent=2, ensure_ascii=False)
     logger = MetricsLogger(out, enabled=dist.is_main, resume_step=start_step)
@@ -260,6 +259,8 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool = False) -> dict[
     fsdp = dist.distributed and cfg.distributed.fsdp
     loss_scale = dist.world_size if fsdp else 1  # FSDP and all_reduce_grads average over ranks
     pad = _pad_id(s.tokenizer)
+    row_sup = [supervised_tokens(r) for r in s.rows]
+    row_real = [sum(len(ex["input_ids"]) for ex in r) for r in s.rows]
 
     bar = None
     if dist.is_main and t_cfg.progress:
@@ -275,10 +276,9 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool = False) -> dict[
         epoch, in_epoch = divmod(step, steps_per_epoch)
         order = epoch_order(len(s.rows), t_cfg.seed, epoch)
         slices = step_slices(order, in_epoch, t_cfg.micro_batch_size, t_cfg.grad_accum, dist.world_size, dist.rank)
-        g_start, g_end = in_epoch * g_rows, (in_epoch + 1) * g_rows
-        step_rows = [s.rows[i] for i in order[g_start:g_end]]
-        n_sup = sum(supervised_tokens(r) for r in step_rows)
-        n_real = sum(len(ex["input_ids"]) for r in step_rows for ex in r)
+        step_idx = order[in_epoch * g_rows : (in_epoch + 1) * g_rows]
+        n_sup = sum(row_sup[i] for i in step_idx)  # the whole global batch, every rank alike
+        n_real = sum(row_real[i] for i in step_idx)
         t0 = time.perf_counter()
         local_sum = torch.zeros((), dtype=torch.float64)
         for idx in slices:
