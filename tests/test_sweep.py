@@ -1,0 +1,145 @@
+"""Ray Tune sweeps: the trial grid, validation before Ray starts, results with failed trials, and one
+real 2-trial grid on the embedded tiny config (local Ray, 1 CPU per trial)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from medslm.config import ConfigError
+from medslm.sweep import (
+    SweepConfig,
+    build_trials,
+    collect,
+    param_grid,
+    parse_sweep_args,
+    results_table,
+    run_sweep,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "configs" / "tiny.yaml")
+FAST = ["--train.max_steps=2", "--data.max_seq_len=384", "--train.micro_batch_size=2"]
+
+
+def test_default_grid_is_the_papers_3x3(tmp_path):
+    cfg = parse_sweep_args("grid", ["--out", str(tmp_path)], "runs/sweep-grid")
+    assert cfg.config == TINY and cfg.address is None and cfg.cpus_per_trial == 1 and cfg.gpus_per_trial == 0
+    trials = build_trials(cfg)
+    names = [n for n, _, _ in trials]
+    assert names == [f"r{r}-a{a}" for r in (8, 16, 32) for a in (32, 64, 128)]
+    for name, params, tc in trials:
+        assert (tc.lora.r, tc.lora.alpha) == (params["r"], params["alpha"])
+        assert tc.train.output_dir == str(tmp_path.resolve() / name)
+        assert tc.train.progress is False
+    assert param_grid(cfg) == {"r": [8, 16, 32], "alpha": [32, 64, 128]}
+
+
+def test_ratio_trials_names_and_values(tmp_path):
+    cfg = parse_sweep_args("ratios", ["--out", str(tmp_path)], "runs/sweep-ratios")
+    trials = build_trials(cfg)
+    assert [n for n, _, _ in trials] == [
+        "ratio-5-5", "ratio-10-3", "ratio-7-3", "ratio-8-2", "ratio-4-6", "ratio-3-7", "ratio-2-8"
+    ]
+    assert [tc.data.ratio for _, _, tc in trials] == ["5:5", "10:3", "7:3", "8:2", "4:6", "3:7", "2:8"]
+    assert {tc.lora.r for _, _, tc in trials} == {16}  # from the config, not swept
+
+
+def test_overrides_reach_every_trial(tmp_path):
+    argv = ["--ranks=4,8", "--alphas", "16,32", "--out", str(tmp_path), *FAST, "--lora.dropout", "0.1"]
+    cfg = parse_sweep_args("grid", argv, "x")
+    trials = build_trials(cfg)
+    assert len(trials) == 4
+    for _, _, tc in trials:
+        assert tc.train.max_steps == 2 and tc.data.max_seq_len == 384 and tc.train.micro_batch_size == 2
+        assert tc.lora.dropout == 0.1
+
+
+@pytest.mark.parametrize(
+    "kind,argv,match",
+    [
+        ("ratios", ["--ratios", "5:5,7:x"], "ratio"),
+        ("ratios", ["--ratios", "0:0"], "positive"),
+        ("ratios", ["--ratios", "7:3,7:3"], "twice"),
+        ("grid", ["--ranks", "8,abc"], "--ranks"),
+        ("grid", ["--ranks", "0,8"], "--ranks"),
+        ("grid", ["--alphas", "-4"], "--alphas"),
+        ("grid", ["--ratios", "5:5"], "not an option"),
+        ("grid", ["--lora.r=4"], "varies"),
+        ("grid", ["--train.lr=-1"], "train.lr"),
+        ("grid", ["--nosuch.key=1"], "unknown key"),
+        ("grid", ["--cpus-per-trial", "0"], "cpus-per-trial"),
+    ],
+)
+def test_bad_values_fail_before_ray_starts(monkeypatch, tmp_path, kind, argv, match):
+    import ray
+
+    def _no_ray(*_a, **_k):
+        raise AssertionError("ray.init must not be reached")
+
+    monkeypatch.setattr(ray, "init", _no_ray)
+    with pytest.raises(ConfigError, match=match):
+        run_sweep(parse_sweep_args(kind, [*argv, "--out", str(tmp_path)], "x"))
+    # the same values given directly in a SweepConfig are caught by run_sweep too
+    if kind == "grid" and argv[0] == "--ranks" and "abc" not in argv[1]:
+        bad = SweepConfig(kind="grid", ranks=[int(v) for v in argv[1].split(",")], out=str(tmp_path))
+        with pytest.raises(ConfigError):
+            run_sweep(bad)
+    assert not ray.is_initialized()
+
+
+def test_failed_trial_is_reported_not_dropped(tmp_path):
+    cfg = SweepConfig(kind="grid", ranks=[4, 8], alphas=[16], out=str(tmp_path))
+    trials = build_trials(cfg)
+    ok = SimpleNamespace(config={"r": 4, "alpha": 16}, error=None,
+                         metrics={"final_loss": 1.5, "val_loss": 1.4, "acc_medqa": 0.5, "acc_kormedmcqa": 0.25})
+    bad = SimpleNamespace(config={"r": 8, "alpha": 16}, error=RuntimeError("boom\nlast line"), metrics={})
+    records = collect(trials, [bad, ok], tmp_path)
+    assert [r["trial"] for r in records] == ["r4-a16", "r8-a16"]
+    assert records[0]["status"] == "ok" and records[0]["metrics"]["acc_medqa"] == 0.5
+    assert records[1]["status"] == "failed" and "last line" in records[1]["error"]
+    # a trial Tune never returned is failed as well
+    assert collect(trials, [ok], tmp_path)[1]["status"] == "failed"
+    table = results_table(records)
+    assert "| r8-a16 |" in table and "failed" in table and "50.0%" in table
+
+
+def test_real_two_trial_grid(tmp_path, monkeypatch):
+    import ray
+
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    out = tmp_path / "sweep"
+    cfg = parse_sweep_args(
+        "grid", ["--config", TINY, "--ranks", "4,8", "--alphas", "16", "--out", str(out), "--cpus-per-trial", "1", *FAST],
+        "x",
+    )
+    try:
+        records = run_sweep(cfg)
+    finally:
+        ray.shutdown()
+    assert [r["trial"] for r in records] == ["r4-a16", "r8-a16"]
+    assert all(r["status"] == "ok" for r in records), records
+    for r in records:
+        run = out / r["trial"]
+        assert r["run_dir"] == str(run.resolve())
+        ac = json.loads((run / "adapter" / "adapter_config.json").read_text())
+        assert (ac["r"], ac["lora_alpha"]) == (r["params"]["r"], 16)
+        assert (run / "tb").is_dir() and any((run / "tb").iterdir())
+        assert (run / "eval" / "eval.json").is_file()
+    doc = json.loads((out / "results.json").read_text())
+    assert [t["trial"] for t in doc["trials"]] == ["r4-a16", "r8-a16"]
+    for t in doc["trials"]:
+        m = t["metrics"]
+        for key in ("acc_medqa", "acc_kormedmcqa"):
+            assert 0.0 <= m[key] <= 1.0
+        assert m["steps"] == 2 and m["final_loss"] > 0 and m["val_loss"] > 0
+        assert 0 < m["packing_efficiency"] <= 1
+    md = (out / "results.md").read_text()
+    assert "| r4-a16 |" in md and "| r8-a16 |" in md
+    assert not os.environ.get("WORLD_SIZE")
