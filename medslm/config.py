@@ -151,11 +151,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return tree
 
 
-def parse_config(cls: type[T], argv: list[str], default_file: str | Path | None = None) -> T:
-    """Build ``cls`` from ``--config FILE`` (or ``default_file``) and ``--a.b=value`` overrides."""
-    cfg = cls()
-    overrides: list[tuple[str, str]] = []
-    config_file: str | None = None
+def option_pairs(argv: list[str]) -> list[tuple[str, str]]:
+    """``--key=value`` and ``--key value`` as ``(key, value)`` pairs, in order."""
+    pairs: list[tuple[str, str]] = []
     args = list(argv)
     i = 0
     while i < len(args):
@@ -170,11 +168,21 @@ def parse_config(cls: type[T], argv: list[str], default_file: str | Path | None 
             i += 1
         else:
             raise ConfigError(f"command line: {arg!r} needs a value (--{body}=VALUE)")
+        pairs.append((key, value))
+        i += 1
+    return pairs
+
+
+def parse_config(cls: type[T], argv: list[str], default_file: str | Path | None = None) -> T:
+    """Build ``cls`` from ``--config FILE`` (or ``default_file``) and ``--a.b=value`` overrides."""
+    cfg = cls()
+    overrides: list[tuple[str, str]] = []
+    config_file: str | None = None
+    for key, value in option_pairs(argv):
         if key == "config":
             config_file = value
         else:
             overrides.append((key, value))
-        i += 1
     file_to_load = config_file or (str(default_file) if default_file else None)
     if file_to_load:
         apply_mapping(cfg, load_yaml(file_to_load), str(file_to_load))
@@ -222,6 +230,7 @@ __all__ = [
     "apply_mapping",
     "load_saved_config",
     "load_yaml",
+    "option_pairs",
     "parse_config",
     "parse_ratio",
     "save_config",

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from medslm.config import ConfigError, apply_mapping, parse_config, parse_ratio, to_dict
+from medslm.config import ConfigError, apply_mapping, option_pairs, parse_config, parse_ratio, to_dict
 from medslm.train_config import DEFAULT_CONFIG, TrainConfig
 
 Kind = Literal["grid", "ratios"]
@@ -124,26 +124,14 @@ def _split_list(opt: str, text: str, conv: type) -> list[Any]:
 def parse_sweep_args(kind: Kind, argv: list[str], default_out: str) -> SweepConfig:
     """Sweep options (``--ranks 8,16``, ``--out DIR``, ...); every other ``--a.b=v`` goes to TrainConfig."""
     cfg = SweepConfig(kind=kind, out=default_out)
-    args = list(argv)
     allowed_lists = {"grid": ("ranks", "alphas"), "ratios": ("ratios",)}[kind]
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--"):
-            raise ConfigError(f"command line: unexpected argument {arg!r}")
-        body = arg[2:]
-        key, value = body.split("=", 1) if "=" in body else (body, None)
-        if key in _LIST_OPTS or key in _SCALAR_OPTS:
-            if value is None:
-                if i + 1 >= len(args) or args[i + 1].startswith("--"):
-                    raise ConfigError(f"command line: --{key} needs a value")
-                value = args[i + 1]
-                i += 1
-            if key in _LIST_OPTS:
-                if key not in allowed_lists:
-                    raise ConfigError(f"--{key} is not an option of the {kind} sweep")
-                setattr(cfg, key, _split_list(key, value, _LIST_OPTS[key]))
-            elif _SCALAR_OPTS[key] is float:
+    for key, value in option_pairs(argv):
+        if key in _LIST_OPTS:
+            if key not in allowed_lists:
+                raise ConfigError(f"--{key} is not an option of the {kind} sweep")
+            setattr(cfg, key, _split_list(key, value, _LIST_OPTS[key]))
+        elif key in _SCALAR_OPTS:
+            if _SCALAR_OPTS[key] is float:
                 try:
                     setattr(cfg, key.replace("-", "_"), float(value))
                 except ValueError:
@@ -151,17 +139,11 @@ def parse_sweep_args(kind: Kind, argv: list[str], default_out: str) -> SweepConf
             else:
                 setattr(cfg, key, value)
         elif "." in key:  # a TrainConfig override, checked by parse_config in build_trials
-            if value is None:
-                if i + 1 >= len(args) or args[i + 1].startswith("--"):
-                    raise ConfigError(f"command line: {arg!r} needs a value (--{body}=VALUE)")
-                value = args[i + 1]
-                i += 1
             cfg.train_args.append(f"--{key}={value}")
         else:
             known = ", ".join(f"--{k}" for k in [*allowed_lists, *_SCALAR_OPTS])
             raise ConfigError(f"command line: unknown option --{key} (sweep options: {known}; "
                               "training options are --section.key=value)")
-        i += 1
     cfg.validate()
     return cfg
 
