@@ -27,8 +27,7 @@ import torch
 
 from medslm.cli import UserError
 from medslm.config import ConfigError, load_saved_config
-from medslm.data import load_items
-from medslm.dataset import DataConfig, load_and_split, resolve_paths
+from medslm.dataset import DataConfig, load_and_split
 from medslm.records import LETTERS, MCQItem
 from medslm.scoring import SCORERS
 from medslm.stats import accuracy_summary
@@ -163,10 +162,8 @@ def select_items(cfg: EvalConfig, run_cfg: Any = None) -> tuple[list[MCQItem], d
         split = cfg.split or "test"
     if cfg.split_mode is not None:
         data.split = cfg.split_mode
-    if split == "all":
-        items = [it for b in ("medqa", "kormedmcqa") for it in load_items(b, resolve_paths(b, getattr(data, b)), data.skip_invalid)]
-    else:
-        items = load_and_split(data).splits.splits[split]
+    loaded = load_and_split(data)
+    items = loaded.items["medqa"] + loaded.items["kormedmcqa"] if split == "all" else loaded.splits.splits[split]
     if cfg.max_items:
         kept: dict[str, int] = {}
         capped = []

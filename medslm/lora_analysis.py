@@ -30,6 +30,7 @@ from medslm.modeling import decoder_layers
 from medslm.prompts import encode_prompt, format_prompt
 from medslm.records import MCQItem
 from medslm.scoring import length_batches
+from medslm.tokenizer import pad_token_id
 
 METRIC = "mean |LoRA delta| per token (over output features), token-weighted over real tokens, mean over a layer's adapted modules"
 
@@ -136,7 +137,7 @@ def measure_lora_activations(model: Any, tokenizer: Any, items: Sequence[MCQItem
     n_layers = len(decoder_layers(model))
     device = model.get_input_embeddings().weight.device
     prompts = [encode_prompt(tokenizer, format_prompt(it)) for it in items]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad = pad_token_id(tokenizer)
     was_training = model.training
     model.eval()
     try:

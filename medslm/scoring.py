@@ -28,6 +28,7 @@ import torch
 
 from medslm.prompts import encode_prompt, format_prompt, letter_token_ids
 from medslm.records import LETTERS, MCQItem
+from medslm.tokenizer import pad_token_id
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,13 +56,6 @@ def forward_at(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor
 
 def _device_of(model: Any) -> torch.device:
     return model.get_input_embeddings().weight.device
-
-
-def _pad_id(tokenizer: Any) -> int:
-    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if tid is not None:
-            return int(tid)
-    return 0
 
 
 def length_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> Iterator[list[int]]:
@@ -110,7 +104,7 @@ def score_letters(model: Any, tokenizer: Any, items: Sequence[MCQItem], batch_si
     scores: list[list[float]] = [[] for _ in items]
     with _bar(len(items), progress, "eval", "item") as bar:
         for batch in length_batches([len(p) for p in prompts], batch_size, max_batch_tokens):
-            ids, mask = _right_pad([prompts[i] for i in batch], _pad_id(tokenizer), device)
+            ids, mask = _right_pad([prompts[i] for i in batch], pad_token_id(tokenizer), device)
             last = (mask.sum(dim=1) - 1).unsqueeze(1)  # each row's last real position, [B, 1]
             logits = forward_at(model, ids, mask, last)[:, 0]  # [B, V]
             lp = torch.log_softmax(logits.float(), dim=-1)[:, letters].cpu()
@@ -141,7 +135,7 @@ def continuation_logprobs(model: Any, tokenizer: Any, requests: Sequence[tuple[l
     out = [0.0] * len(requests)
     with _bar(len(requests), progress, desc, "seq") as bar:
         for batch in length_batches([len(s) for s in seqs], batch_size, max_batch_tokens):
-            ids, mask = _right_pad([seqs[i] for i in batch], _pad_id(tokenizer), device)
+            ids, mask = _right_pad([seqs[i] for i in batch], pad_token_id(tokenizer), device)
             keep = torch.zeros_like(mask, dtype=torch.bool)
             targets: list[int] = []
             for r, i in enumerate(batch):

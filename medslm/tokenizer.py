@@ -230,6 +230,14 @@ def load_tokenizer(name_or_path: str | None = None) -> Any:
     return tokenizer
 
 
+def pad_token_id(tokenizer: Any) -> int:
+    """The id to pad with: the pad token (``load_tokenizer`` always sets one), else EOS, else 0."""
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Rebuild the embedded tokenizer from the sample files.")
     parser.add_argument(

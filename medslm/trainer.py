@@ -37,7 +37,7 @@ from medslm.dataset import build_dataset, rows_of
 from medslm.metrics import MetricsLogger, PeakMemory
 from medslm.modeling import apply_lora, decoder_layers, embedded_tokenizer_for, load_base_model
 from medslm.packing import PackedCollator, PaddedCollator
-from medslm.tokenizer import load_tokenizer
+from medslm.tokenizer import load_tokenizer, pad_token_id
 from medslm.train_config import RESUME_MUST_MATCH, TrainConfig
 
 Row = list[dict[str, list[int]]]
@@ -147,15 +147,12 @@ class Setup:
     val_rows: list[Row]
     collate: Any
     packed: bool
+    pad: int
     report: dict[str, Any]
 
 
 def _null_row(pad_id: int) -> Row:
     return [{"input_ids": [pad_id], "labels": [-100]}]
-
-
-def _pad_id(tokenizer: Any) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def build(cfg: TrainConfig, dist: D.DistState) -> Setup:
@@ -175,13 +172,13 @@ def build(cfg: TrainConfig, dist: D.DistState) -> Setup:
     if dist.distributed and cfg.distributed.fsdp:
         D.shard_adapter(model, decoder_layers(model), dist)
     torch.manual_seed(cfg.train.seed + 7919 * dist.rank)  # dropout streams differ per rank
-    pad = _pad_id(tokenizer)
+    pad = pad_token_id(tokenizer)
     if packed:
         collate: Any = PackedCollator(cfg.data.max_seq_len, pad)
     else:
         padder = PaddedCollator(pad, cfg.data.padding, cfg.data.max_seq_len)
         collate = lambda rs: padder([ex for r in rs for ex in r])  # noqa: E731  one example per row
-    return Setup(cfg, dist, model, tokenizer, rows, val_rows, collate, packed, built.report)
+    return Setup(cfg, dist, model, tokenizer, rows, val_rows, collate, packed, pad, built.report)
 
 
 def _check_resume(cfg: TrainConfig, saved_yaml: str, saved_state: dict, dist: D.DistState) -> None:
@@ -258,7 +255,6 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool = False) -> dict[
         logger.text("config", "```\n" + yaml.safe_dump(to_dict(cfg), allow_unicode=True) + "\n```")
     fsdp = dist.distributed and cfg.distributed.fsdp
     loss_scale = dist.world_size if fsdp else 1  # FSDP and all_reduce_grads average over ranks
-    pad = _pad_id(s.tokenizer)
     row_sup = [supervised_tokens(r) for r in s.rows]
     row_real = [sum(len(ex["input_ids"]) for ex in r) for r in s.rows]
 
@@ -282,7 +278,7 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool = False) -> dict[
         t0 = time.perf_counter()
         local_sum = torch.zeros((), dtype=torch.float64)
         for idx in slices:
-            rows = [s.rows[i] for i in idx] or [_null_row(pad)]
+            rows = [s.rows[i] for i in idx] or [_null_row(s.pad)]
             batch = s.collate(rows)
             loss_sum, _ = batch_loss_sum(model, batch, s.packed, dist.device)
             (loss_sum * (loss_scale / max(1, n_sup))).backward()
@@ -381,9 +377,8 @@ def validation_loss(s: Setup, dist: D.DistState) -> float | None:
     m = s.cfg.train.micro_batch_size
     n_batches = math.ceil(math.ceil(len(s.val_rows) / dist.world_size) / m)  # equal on every rank
     total = torch.zeros(2, dtype=torch.float64)
-    pad = _pad_id(s.tokenizer)
     for b in range(n_batches):
-        rows = mine[b * m : (b + 1) * m] or [_null_row(pad)]
+        rows = mine[b * m : (b + 1) * m] or [_null_row(s.pad)]
         loss_sum, n = batch_loss_sum(s.model, s.collate(rows), s.packed, dist.device)
         if n:
             total += torch.tensor([float(loss_sum), n], dtype=torch.float64)
