@@ -1,7 +1,8 @@
 """Peak memory of QLoRA vs bf16 LoRA vs full fine-tuning on the same model shape, same batch.
 
     python bench/memory.py                 # CPU: a 220M-parameter Llama (weights dominate), 2 steps each
-    python bench/memory.py --shape medgemma-4b --seq-len 2048 --micro-batch 4   # on a GPU
+    python bench/memory.py --shape medgemma-4b --seq-len 2048 --micro-batch 4 --batch packed --modes qlora,lora_bf16
+    python bench/memory.py --shape medgemma-4b --layers 4 ...   # the same width with fewer layers
 
 Each mode runs in its own subprocess (a fresh allocator). Figures per mode:
 - ``state_gb``: live tensor bytes after the second optimizer step: parameters (NF4 storage and its
@@ -12,6 +13,16 @@ Each mode runs in its own subprocess (a fresh allocator). Figures per mode:
   on a GPU; on CPU, the peak RSS of the steps (the kernel's high-water mark, reset after loading
   through /proc/self/clear_refs) minus the RSS before the model was built.
 - ``load_peak_gb``: the same before the reset, i.e. while loading (and quantising) the model.
+- ``live_peak_gb``: the peak of live tensor bytes during the two steps, counted op by op (every
+  storage an op returns, until it is freed) on top of the model's own tensors. It needs no GPU and
+  counts what ``torch.cuda.max_memory_allocated`` counts, minus the caching allocator's rounding
+  and any scratch memory a kernel frees before it returns: on a CPU it estimates the VRAM the same
+  step would take on a GPU.
+
+``--batch padded`` (default) feeds ``micro_batch`` rows padded to ``seq_len`` with the second half
+of each row supervised; ``--batch packed`` feeds the product's packed rows: MCQ-sized examples
+(lengths drawn like MedQA + KorMedMCQA, bench/packing.py) packed to ``seq_len`` by ``pack_bfd``,
+two supervised answer tokens each, through the ``PackedCollator`` and the cu_seqlens attention.
 Ends with one JSON line of the figures and the ratios to full fine-tuning.
 """
 
@@ -38,12 +49,14 @@ SHAPES = {
 }
 
 
-def make_model_dir(shape: str, out: Path) -> Path:
+def make_model_dir(shape: str, out: Path, layers: int | None = None) -> Path:
     import torch
     from transformers import Gemma3TextConfig, Gemma3ForCausalLM, LlamaConfig, LlamaForCausalLM
 
     spec = dict(SHAPES[shape])
     arch = spec.pop("arch")
+    if layers:
+        spec["num_hidden_layers"] = layers
     if arch == "llama":
         cfg = LlamaConfig(**spec, max_position_embeddings=4096, tie_word_embeddings=False)
         cls = LlamaForCausalLM
@@ -54,8 +67,12 @@ def make_model_dir(shape: str, out: Path) -> Path:
     with torch.device("meta"):
         model = cls(cfg)
     model = model.to_empty(device="cpu").to(torch.bfloat16)
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.02)
+    model.tie_weights()  # to_empty gives every parameter its own storage; Gemma 3 ties lm_head
+    for name, p in model.named_parameters():
+        if "norm" in name:
+            torch.nn.init.zeros_(p) if arch == "gemma3" else torch.nn.init.ones_(p)  # Gemma: 1 + w
+        else:
+            torch.nn.init.normal_(p, std=0.02)
     model.save_pretrained(out, safe_serialization=True)
     return out
 
@@ -89,6 +106,103 @@ def tensor_bytes(model, optimizer) -> int:
     return total
 
 
+class LiveTensorBytes:
+    """Current and peak bytes of live tensor storages, counted op by op under a dispatch mode.
+
+    ``track(tensors)`` registers tensors that exist before counting starts (the model's); inside
+    ``with counter:`` every storage an op returns is added once and subtracted when it is freed
+    (a weak reference to the storage object, which torch keeps alive exactly as long as the
+    storage). Views and in-place results share a storage and are not counted again.
+    """
+
+    def __init__(self) -> None:
+        import weakref
+
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        self._weakref = weakref
+        self._sizes: dict[int, tuple[object, int]] = {}
+        self.current = 0
+        self.peak = 0
+        counter = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                from torch.utils._pytree import tree_leaves
+
+                counter.track(tree_leaves(out))
+                return out
+
+        self._mode = _Mode()
+
+    def _freed(self, key: int) -> None:
+        _, n = self._sizes.pop(key, (None, 0))
+        self.current -= n
+
+    def track(self, tensors) -> None:
+        import torch
+
+        for t in tensors:
+            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+                continue
+            st = t.untyped_storage()
+            key, n = id(st), st.nbytes()
+            ref, old = self._sizes.get(key, (None, None))
+            if ref is not None and ref() is st:
+                if n != old:  # resized in place
+                    self.current += n - old
+                    self._sizes[key] = (ref, n)
+            else:
+                self._sizes[key] = (self._weakref.ref(st, lambda _r, k=key: self._freed(k)), n)
+                self.current += n
+        self.peak = max(self.peak, self.current)
+
+    def reset_peak(self) -> None:
+        self.peak = self.current
+
+    def __enter__(self):
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._mode.__exit__(*exc)
+
+
+def model_tensors(model) -> list:
+    """Every tensor a (possibly NF4-quantised) model holds: parameters, buffers, quant states."""
+    out = []
+    for p in model.parameters():
+        out.append(p.data)
+        qs = getattr(p, "quant_state", None)
+        if qs is not None:
+            out += [qs.absmax, getattr(qs, "code", None)]
+            if getattr(qs, "state2", None) is not None:
+                out += [qs.state2.absmax, qs.state2.code]
+    out += list(model.buffers())
+    return [t for t in out if t is not None]
+
+
+def packed_batch(vocab: int, seq_len: int, micro_batch: int, seed: int = 0) -> dict:
+    """``micro_batch`` packed rows, drawn at random from a packed epoch of MCQ-sized examples and
+    collated exactly as training collates them."""
+    import numpy as np
+
+    from bench.packing import synth_lengths
+    from medslm.packing import PackedCollator, pack_bfd, rows_from_bins
+
+    lengths = [int(n) for n in synth_lengths(seed)[0] if n <= seq_len]
+    rng = np.random.default_rng(seed)
+    examples = []
+    for n in lengths:
+        ids = rng.integers(3, vocab, n).tolist()
+        examples.append({"input_ids": ids, "labels": [-100] * (n - 2) + ids[-2:]})  # answer letter + EOS
+    bins = pack_bfd(lengths, seq_len)  # rows of a real epoch: nearly all full (99.9% at 2048)
+    pick = sorted(rng.choice(len(bins), size=micro_batch, replace=False).tolist())
+    rows = rows_from_bins(examples, [bins[i] for i in pick])
+    return PackedCollator(seq_len, pad_token_id=0)(rows)
+
+
 def _rss_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -103,7 +217,7 @@ def _reset_peak_rss() -> None:
         pass
 
 
-def run_mode(mode: str, model_dir: str, seq_len: int, micro_batch: int) -> dict:
+def run_mode(mode: str, model_dir: str, seq_len: int, micro_batch: int, batch_kind: str = "padded") -> dict:
     import torch
 
     from medslm.modeling import LoraConfigSection, ModelConfig, apply_lora, enable_checkpointing, load_base_model
@@ -118,7 +232,10 @@ def run_mode(mode: str, model_dir: str, seq_len: int, micro_batch: int) -> dict:
         attention="sdpa",
         gradient_checkpointing=True,
     )
-    model = load_base_model(mcfg, device, packed=False)
+    packed = batch_kind == "packed"
+    if packed:
+        mcfg.attention = "packed"
+    model = load_base_model(mcfg, device, packed=packed)
     if mode == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -126,19 +243,26 @@ def run_mode(mode: str, model_dir: str, seq_len: int, micro_batch: int) -> dict:
     else:
         torch.manual_seed(0)
         model = apply_lora(model, LoraConfigSection(r=16, alpha=64, dropout=0.05), gradient_checkpointing=True)
+    model.train()  # activation checkpointing and LoRA dropout only act in training mode
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
-    g = torch.Generator().manual_seed(0)
     vocab = model.get_input_embeddings().weight.shape[0]
-    ids = torch.randint(3, vocab, (micro_batch, seq_len), generator=g)
-    labels = ids.clone()
-    labels[:, : seq_len // 2] = -100
-    batch = {
-        "input_ids": ids,
-        "labels": labels,
-        "attention_mask": torch.ones_like(ids),
-        "position_ids": torch.arange(seq_len).expand(micro_batch, -1),
-    }
+    if packed:
+        batch = packed_batch(vocab, seq_len, micro_batch)
+    else:
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(3, vocab, (micro_batch, seq_len), generator=g)
+        labels = ids.clone()
+        labels[:, : seq_len // 2] = -100
+        batch = {
+            "input_ids": ids,
+            "labels": labels,
+            "attention_mask": torch.ones_like(ids),
+            "position_ids": torch.arange(seq_len).expand(micro_batch, -1),
+        }
+    live = LiveTensorBytes()
+    live.track(model_tensors(model))
+    live.track(batch[k] for k in ("input_ids", "labels", "position_ids"))
     if device.type == "cuda":
         load_peak = torch.cuda.max_memory_allocated()
         torch.cuda.reset_peak_memory_stats()
@@ -146,12 +270,19 @@ def run_mode(mode: str, model_dir: str, seq_len: int, micro_batch: int) -> dict:
         load_peak = _rss_kib("VmHWM") * 1024 - rss0
         _reset_peak_rss()
     t0 = time.perf_counter()
-    for _ in range(2):
-        loss, n = batch_loss_sum(model, batch, packed=False, device=device)
-        (loss / n).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=False)  # keep gradients allocated: they are part of the state
+    step_s = []
+    with live:
+        for _ in range(2):
+            t1 = time.perf_counter()
+            loss, n = batch_loss_sum(model, batch, packed=packed, device=device)
+            (loss / n).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=False)  # keep gradients allocated: they are part of the state
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            step_s.append(time.perf_counter() - t1)
     elapsed = time.perf_counter() - t0
+    real_tokens = int(batch["num_real_tokens"]) if packed else micro_batch * seq_len
     if device.type == "cuda":
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
@@ -164,7 +295,10 @@ def run_mode(mode: str, model_dir: str, seq_len: int, micro_batch: int) -> dict:
         "state_gb": tensor_bytes(model, opt) / 1e9,
         "peak_gb": peak / 1e9,
         "load_peak_gb": load_peak / 1e9,
+        "live_peak_gb": live.peak / 1e9,
         "two_steps_s": elapsed,
+        "real_tokens": real_tokens,
+        "tokens_per_s": real_tokens / step_s[-1],  # the second step: no first-call warm-up
     }
 
 
@@ -174,37 +308,43 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--micro-batch", type=int, default=1)
     ap.add_argument("--modes", default="qlora,lora_bf16,full")
+    ap.add_argument("--layers", type=int, help="override the shape's number of decoder layers")
+    ap.add_argument("--batch", choices=["padded", "packed"], default="padded")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     ap.add_argument("--_model-dir", dest="model_dir", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a._child:
-        print(json.dumps(run_mode(a._child, a.model_dir, a.seq_len, a.micro_batch)))
+        print(json.dumps(run_mode(a._child, a.model_dir, a.seq_len, a.micro_batch, a.batch)))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = make_model_dir(a.shape, Path(tmp) / "model")
+        model_dir = make_model_dir(a.shape, Path(tmp) / "model", a.layers)
         results = {}
         for mode in a.modes.split(","):
-            cmd = [sys.executable, __file__, "--_child", mode, "--_model-dir", str(model_dir), "--seq-len", str(a.seq_len), "--micro-batch", str(a.micro_batch)]
+            cmd = [sys.executable, __file__, "--_child", mode, "--_model-dir", str(model_dir), "--seq-len", str(a.seq_len), "--micro-batch", str(a.micro_batch), "--batch", a.batch]
             proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
             if proc.returncode != 0:
                 raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")
             results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"{'mode':10} {'trainable':>12} {'state GB':>9} {'peak GB':>8} {'load peak GB':>12} {'2 steps s':>9}")
+    print(f"{'mode':10} {'trainable':>12} {'state GB':>9} {'peak GB':>8} {'live peak GB':>12} {'load peak GB':>12} {'2 steps s':>9} {'tokens/s':>9}")
     for r in results.values():
         print(
             f"{r['mode']:10} {r['trainable_params']:12,d} {r['state_gb']:9.3f} {r['peak_gb']:8.3f} "
-            f"{r['load_peak_gb']:12.3f} {r['two_steps_s']:9.2f}"
+            f"{r['live_peak_gb']:12.3f} {r['load_peak_gb']:12.3f} {r['two_steps_s']:9.2f} {r['tokens_per_s']:9.1f}"
         )
-    out = {"shape": a.shape, "seq_len": a.seq_len, "micro_batch": a.micro_batch, "device": next(iter(results.values()))["device"]}
+    first = next(iter(results.values()))
+    out = {
+        "shape": a.shape, "layers": a.layers or SHAPES[a.shape]["num_hidden_layers"], "batch": a.batch,
+        "seq_len": a.seq_len, "micro_batch": a.micro_batch, "real_tokens": first["real_tokens"], "device": first["device"],
+    }
     for m, r in results.items():
-        out[f"{m}_state_gb"] = round(r["state_gb"], 4)
-        out[f"{m}_peak_gb"] = round(r["peak_gb"], 4)
-        out[f"{m}_load_peak_gb"] = round(r["load_peak_gb"], 4)
-    if "full" in results:
-        for m in results:
-            if m != "full":
-                out[f"{m}_vs_full_state"] = round(results[m]["state_gb"] / results["full"]["state_gb"], 4)
-                out[f"{m}_vs_full_peak"] = round(results[m]["peak_gb"] / results["full"]["peak_gb"], 4)
+        for k in ("state_gb", "peak_gb", "live_peak_gb", "load_peak_gb", "tokens_per_s"):
+            out[f"{m}_{k}"] = round(r[k], 4 if k != "tokens_per_s" else 1)
+    for base in ("full", "lora_bf16"):
+        if base in results:
+            for m in results:
+                if m != base and not (base == "lora_bf16" and m == "full"):
+                    for k in ("state", "peak", "live_peak"):
+                        out[f"{m}_vs_{base}_{k}"] = round(results[m][f"{k}_gb"] / results[base][f"{k}_gb"], 4)
     print(json.dumps(out))
 
 

@@ -141,3 +141,30 @@ def test_packing_does_not_reweight_examples(tmp_path, padding):
     padded = train(_cfg(tmp_path / "u", *common, "--data.packing=false", f"--data.padding={padding}"))
     assert packed["packing_efficiency"] > 0.9
     assert padded["final_loss"] == pytest.approx(packed["final_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_training_recomputes_every_decoder_layer_under_activation_checkpointing(tmp_path, monkeypatch, checkpointing):
+    """Checkpointing only saves memory if it is in effect while training (it is skipped in eval
+    mode): with it on, every decoder layer's MLP is entered twice per micro-batch (forward, then
+    recompute in backward); with it off, once. (The MLP's pre-hook, not the layer's hooks:
+    transformers >= 5.2x checkpoints ``forward``, so the layer's own hooks run once either way,
+    and recompute stops early, after the last tensor backward needs, before the MLP returns.)"""
+    from medslm import trainer
+    from medslm.modeling import decoder_layers
+
+    calls: list[int] = []
+    build = trainer.build
+
+    def build_and_count(cfg, dist):
+        s = build(cfg, dist)
+        for i, layer in enumerate(decoder_layers(s.model)):
+            layer.mlp.register_forward_pre_hook(lambda m, args, i=i: calls.append(i) if m.training else None)
+        return s
+
+    monkeypatch.setattr(trainer, "build", build_and_count)
+    cfg = _cfg(tmp_path, "--train.max_steps=1", "--train.grad_accum=2", f"--model.gradient_checkpointing={str(checkpointing).lower()}")
+    trainer.train(cfg)
+    n_layers = len({*calls})
+    assert n_layers >= 2
+    assert len(calls) == (2 if checkpointing else 1) * n_layers * 2  # 2 micro-batches
