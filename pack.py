@@ -54,7 +54,7 @@ def parse_args(argv: list[str]) -> PackConfig:
 def main(cfg: PackConfig) -> dict:
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     built = build_dataset(cfg.data, tokenizer, cfg.global_batch_rows, progress=True)
-    report = save_packed(built, cfg.out, cfg)
+    report = save_packed(built, cfg.out, cfg, tokenizer)
     r = report
     print(
         f"packed {r['num_samples']} samples ({r['per_language']}) into {r['num_rows']} rows of {r['max_seq_len']}: "

@@ -8,6 +8,7 @@ prompt template (``medslm.prompts``), then bin-pack (``medslm.packing``).
 from __future__ import annotations
 
 import math
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,8 @@ class DataConfig:
     overlong: Literal["error", "truncate", "drop"] = "error"
     skip_invalid: bool = False
     seed: int = 0
+    # a folder written by pack.py: train on its rows; its data settings replace this section's
+    packed: str | None = None
 
     def validate(self) -> None:
         parse_ratio(self.ratio)
@@ -187,13 +190,18 @@ def _rows_table(rows: list[list[Example]]) -> dict[str, list]:
     }
 
 
-def save_packed(built: BuiltData, out_dir: str | Path, cfg: Any) -> dict[str, Any]:
-    """Write ``out_dir/train`` and ``out_dir/val`` (``datasets`` on disk) and the report JSON."""
+def save_packed(built: BuiltData, out_dir: str | Path, cfg: Any, tokenizer: Any) -> dict[str, Any]:
+    """Write ``out_dir/train`` and ``out_dir/val`` (``datasets`` on disk) and the report JSON.
+
+    The report records the config and the tokenizer's fingerprint, so that training from this
+    folder can take the same data settings and refuse a tokenizer whose ids would differ.
+    """
     import json
 
     import datasets
 
     from medslm.config import to_dict
+    from medslm.tokenizer import tokenizer_fingerprint
 
     datasets.disable_progress_bars()
     out = Path(out_dir)
@@ -202,6 +210,7 @@ def save_packed(built: BuiltData, out_dir: str | Path, cfg: Any) -> dict[str, An
         datasets.Dataset.from_dict(_rows_table(rows_of(examples, bins))).save_to_disk(str(out / name))
     report = dict(built.report)
     report["config"] = to_dict(cfg)
+    report["tokenizer"] = {"name": cfg.data.tokenizer or "embedded", "fingerprint": tokenizer_fingerprint(tokenizer)}
     tmp = out / "packing_report.json.tmp"
     tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     tmp.replace(out / "packing_report.json")
@@ -221,3 +230,46 @@ def load_packed_rows(path: str | Path) -> list[list[dict[str, list[int]]]]:
             start += n
         rows.append(row)
     return rows
+
+
+@dataclass
+class PackedSource:
+    """A folder written by pack.py, read for training."""
+
+    path: Path
+    data: DataConfig  # the data section it was packed with (``packed`` set to ``path``)
+    report: dict[str, Any]
+    tokenizer_name: str
+    tokenizer_fingerprint: str
+
+    def differing_keys(self, cfg: DataConfig) -> list[str]:
+        """The data keys of ``cfg`` that the pack's settings replace with other values."""
+        mine, theirs = dataclasses.asdict(cfg), dataclasses.asdict(self.data)
+        return [f"data.{k}: {mine[k]!r} -> {theirs[k]!r}" for k in mine if k != "packed" and mine[k] != theirs[k]]
+
+    def rows(self) -> tuple[list[list[dict[str, list[int]]]], list[list[dict[str, list[int]]]]]:
+        return load_packed_rows(self.path / "train"), load_packed_rows(self.path / "val")
+
+
+def read_pack(path: str | Path) -> PackedSource:
+    """Open pack.py's output folder; a missing or foreign folder is one clear error."""
+    import json
+
+    from medslm.cli import UserError
+
+    root = Path(path).expanduser()
+    report_file = root / "packing_report.json"
+    missing = [str(p) for p in (report_file, root / "train", root / "val") if not p.exists()]
+    if missing:
+        raise UserError(f"data.packed: {root} is not a folder written by pack.py (missing {', '.join(missing)})")
+    report = json.loads(report_file.read_text(encoding="utf-8"))
+    tok = report.get("tokenizer") or {}
+    if "fingerprint" not in tok or "data" not in report.get("config", {}):
+        raise UserError(f"data.packed: {report_file} has no tokenizer fingerprint or data config; re-run pack.py")
+    fields = {f.name for f in dataclasses.fields(DataConfig)}
+    saved = {k: v for k, v in report["config"]["data"].items() if k in fields}
+    unknown = sorted(set(report["config"]["data"]) - fields)
+    if unknown:
+        raise UserError(f"data.packed: {report_file} has data keys this version does not know: {unknown}; re-run pack.py")
+    data = DataConfig(**{**saved, "packed": str(root)})
+    return PackedSource(root, data, report, tok.get("name", "?"), tok["fingerprint"])

@@ -195,7 +195,13 @@ def trial_train_config(base: dict[str, Any], params: dict[str, Any], out: str | 
 def build_trials(cfg: SweepConfig) -> list[tuple[str, dict[str, Any], TrainConfig]]:
     """(name, params, TrainConfig) for every trial; all validation happens here, before Ray."""
     cfg.validate()
-    base = to_dict(base_train_config(cfg))
+    base_cfg = base_train_config(cfg)
+    if cfg.kind == "ratios" and base_cfg.data.packed:
+        raise ConfigError(
+            f"data.packed={base_cfg.data.packed} fixes the EN:KO mix, so every trial would train on it; "
+            "a ratio sweep builds each trial's mix from data.medqa and data.kormedmcqa"
+        )
+    base = to_dict(base_cfg)
     return [(trial_name(p), p, trial_train_config(base, p, cfg.out)) for p in trial_params(cfg)]
 
 

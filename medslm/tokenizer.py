@@ -230,6 +230,19 @@ def load_tokenizer(name_or_path: str | None = None) -> Any:
     return tokenizer
 
 
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A short hash of everything that decides token ids: for a fast tokenizer its whole
+    serialised pipeline (normaliser, pre-tokeniser, model with vocabulary and merges, added
+    tokens), else its vocabulary; plus the special tokens."""
+    import hashlib
+    import json
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
+    special = json.dumps({k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())}, ensure_ascii=False)
+    return hashlib.sha256((body + "\n" + special).encode("utf-8")).hexdigest()[:16]
+
+
 def pad_token_id(tokenizer: Any) -> int:
     """The id to pad with: the pad token (``load_tokenizer`` always sets one), else EOS, else 0."""
     for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):

@@ -33,11 +33,11 @@ from medslm.attention import packed_forward_kwargs
 from medslm.checkpoint import latest_checkpoint, load_checkpoint, save_adapter, save_checkpoint
 from medslm.cli import UserError
 from medslm.config import save_config, to_dict
-from medslm.dataset import build_dataset, rows_of
+from medslm.dataset import build_dataset, read_pack, rows_of
 from medslm.metrics import MetricsLogger, PeakMemory
 from medslm.modeling import apply_lora, decoder_layers, embedded_tokenizer_for, load_base_model
 from medslm.packing import PackedCollator, PaddedCollator
-from medslm.tokenizer import load_tokenizer, pad_token_id
+from medslm.tokenizer import load_tokenizer, pad_token_id, tokenizer_fingerprint
 from medslm.train_config import RESUME_MUST_MATCH, TrainConfig
 
 Row = list[dict[str, list[int]]]
@@ -157,11 +157,29 @@ def _null_row(pad_id: int) -> Row:
 
 def build(cfg: TrainConfig, dist: D.DistState) -> Setup:
     """Tokenizer, packed data, quantised model with LoRA, sharded: everything but the loop."""
+    pack = read_pack(cfg.data.packed) if cfg.data.packed else None
+    if pack is not None:
+        replaced = pack.differing_keys(cfg.data)
+        if replaced and dist.is_main:
+            print(f"data.packed={pack.path}: the pack's data settings replace this config's: {'; '.join(replaced)}")
+        cfg.data = pack.data  # config.yaml records what the rows were built with (evaluate.py reads it)
     tokenizer = load_tokenizer(cfg.data.tokenizer or embedded_tokenizer_for(cfg.model))
-    g = cfg.train.micro_batch_size * cfg.train.grad_accum * dist.world_size
-    built = build_dataset(cfg.data, tokenizer, global_batch_rows=g, progress=dist.is_main)
-    rows = [[e.as_dict() for e in r] for r in rows_of(built.train, built.train_bins)]
-    val_rows = [[e.as_dict() for e in r] for r in rows_of(built.val, built.val_bins)]
+    if pack is not None:
+        fp = tokenizer_fingerprint(tokenizer)
+        if fp != pack.tokenizer_fingerprint:
+            raise UserError(
+                f"data.packed: {pack.path} was tokenised with {pack.tokenizer_name!r} (fingerprint "
+                f"{pack.tokenizer_fingerprint}), but this run's tokenizer differs ({fp}): re-run pack.py with "
+                f"--tokenizer set to model.name_or_path ({cfg.model.name_or_path})"
+            )
+        rows, val_rows = pack.rows()
+        report = {k: v for k, v in pack.report.items() if k != "config"}
+    else:
+        g = cfg.train.micro_batch_size * cfg.train.grad_accum * dist.world_size
+        built = build_dataset(cfg.data, tokenizer, global_batch_rows=g, progress=dist.is_main)
+        rows = [[e.as_dict() for e in r] for r in rows_of(built.train, built.train_bins)]
+        val_rows = [[e.as_dict() for e in r] for r in rows_of(built.val, built.val_bins)]
+        report = built.report
     packed = cfg.data.packing
     model = load_base_model(cfg.model, dist.device, packed=packed)
     vocab = model.get_input_embeddings().weight.shape[0]
@@ -178,7 +196,7 @@ def build(cfg: TrainConfig, dist: D.DistState) -> Setup:
     else:
         padder = PaddedCollator(pad, cfg.data.padding, cfg.data.max_seq_len)
         collate = lambda rs: padder([ex for r in rs for ex in r])  # noqa: E731  one example per row
-    return Setup(cfg, dist, model, tokenizer, rows, val_rows, collate, packed, pad, built.report)
+    return Setup(cfg, dist, model, tokenizer, rows, val_rows, collate, packed, pad, report)
 
 
 def _check_resume(cfg: TrainConfig, saved_yaml: str, saved_state: dict, dist: D.DistState) -> None:

@@ -73,6 +73,7 @@ def test_overrides_reach_every_trial(tmp_path):
         ("grid", ["--train.lr=-1"], "train.lr"),
         ("grid", ["--nosuch.key=1"], "unknown key"),
         ("grid", ["--cpus-per-trial", "0"], "cpus-per-trial"),
+        ("ratios", ["--data.packed=out/packed"], "fixes the EN:KO mix"),
     ],
 )
 def test_bad_values_fail_before_ray_starts(monkeypatch, tmp_path, kind, argv, match):

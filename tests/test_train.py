@@ -168,3 +168,42 @@ def test_training_recomputes_every_decoder_layer_under_activation_checkpointing(
     n_layers = len({*calls})
     assert n_layers >= 2
     assert len(calls) == (2 if checkpointing else 1) * n_layers * 2  # 2 micro-batches
+
+
+def test_training_from_a_pack_folder_equals_training_from_the_data(tmp_path):
+    """pack.py's output is a training input: the same rows, so the same losses, as building the
+    data in-process; the pack's data settings are what the run records (evaluate.py reads them)."""
+    import yaml
+
+    from medslm.trainer import train
+
+    pack = tmp_path / "packed"
+    res = subprocess.run(
+        [sys.executable, "pack.py", "--out", str(pack), "--max-seq-len", "384", "--ratio", "10:3"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    common = ["--train.max_steps=3", "--lora.dropout=0.0"]
+    direct = train(_cfg(tmp_path / "d", *common, "--data.ratio=10:3"))
+    # the YAML's ratio (5:5) and max_seq_len are replaced by the pack's, with a notice
+    from_pack = train(_cfg(tmp_path / "p", *common, "--data.max_seq_len=512", f"--data.packed={pack}"))
+    assert _losses(tmp_path / "p" / "run") == pytest.approx(_losses(tmp_path / "d" / "run"), rel=1e-6)
+    assert from_pack["final_loss"] == pytest.approx(direct["final_loss"], rel=1e-6)
+    saved = yaml.safe_load((tmp_path / "p" / "run" / "config.yaml").read_text())
+    assert saved["data"]["packed"] == str(pack)
+    assert saved["data"]["ratio"] == "10:3" and saved["data"]["max_seq_len"] == 384
+
+
+def test_a_pack_from_another_tokenizer_or_no_pack_is_refused(tmp_path):
+    pack = tmp_path / "packed"
+    res = subprocess.run([sys.executable, "pack.py", "--out", str(pack), "--max-seq-len", "384"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    report = pack / "packing_report.json"
+    rep = json.loads(report.read_text())
+    rep["tokenizer"]["fingerprint"] = "0" * 16
+    report.write_text(json.dumps(rep))
+    res = _run_cli([*FAST, f"--train.output_dir={tmp_path / 'run'}", f"--data.packed={pack}"])
+    assert res.returncode == 2 and "was tokenised with" in res.stderr and "Traceback" not in res.stderr
+    res = _run_cli([*FAST, f"--train.output_dir={tmp_path / 'run'}", f"--data.packed={tmp_path / 'nope'}"])
+    assert res.returncode == 2 and "not a folder written by pack.py" in res.stderr
