@@ -3,7 +3,8 @@
     python pack.py                      # the embedded sample files and tokenizer
     python pack.py --medqa data/US --kormedmcqa kormed/ --ratio 10:3 --tokenizer google/medgemma-4b-it
 
-Writes DIR/train (a `datasets` dataset of packed rows), DIR/val and DIR/packing_report.json.
+Writes DIR/train (a `datasets` dataset of packed rows), DIR/val and DIR/packing_report.json;
+train on them with `python train.py --data.packed=DIR` (the tokenizer must be the model's).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def main(cfg: PackConfig) -> dict:
         f"steps/epoch at {r['global_batch_rows']} rows/step: {r['steps_per_epoch_unpacked']} -> {r['steps_per_epoch_packed']}; "
         f"skipped {r['skipped_invalid']['count']}, truncated {r['overlong']['truncated']}, dropped {r['overlong']['dropped']}"
     )
-    print(f"wrote {cfg.out}/train, {cfg.out}/val, {cfg.out}/packing_report.json")
+    print(f"wrote {cfg.out}/train, {cfg.out}/val, {cfg.out}/packing_report.json; train on them: python train.py --data.packed={cfg.out}")
     return report
 
 
