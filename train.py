@@ -27,5 +27,5 @@ if __name__ == "__main__":
         print(__doc__)
         raise SystemExit(0)
     result = run_cli(lambda: main(parse_config(TrainConfig, sys.argv[1:], default_file=DEFAULT_CONFIG)))
-    if result.get("steps") is not None:
+    if result.get("steps") is not None and result.get("rank", 0) == 0:  # one line per run, not per rank
         print(f"done: {result['steps']} steps, final loss {result['final_loss']:.4f}, adapter in {result['adapter_dir']}")

@@ -357,6 +357,7 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool = False) -> dict[
         "output_dir": out,
         "adapter_dir": adapter_dir,
         "steps": step,
+        "rank": dist.rank,
         "final_loss": last_loss,
         "val_losses": val_losses,
         "peak_mem_gb": mem.peak_gb(),
