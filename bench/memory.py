@@ -78,32 +78,13 @@ def make_model_dir(shape: str, out: Path, layers: int | None = None) -> Path:
 
 
 def tensor_bytes(model, optimizer) -> int:
-    seen, total = set(), 0
-
-    def add(t):
-        nonlocal total
-        if t is None or not hasattr(t, "untyped_storage"):
-            return
-        key = (t.untyped_storage().data_ptr(), t.device)
-        if key in seen:
-            return
-        seen.add(key)
-        total += t.untyped_storage().nbytes()
-
-    for p in model.parameters():
-        add(p.data)
-        add(p.grad)
-        qs = getattr(p, "quant_state", None)
-        if qs is not None:
-            add(qs.absmax)
-            add(getattr(qs, "code", None))
-            if getattr(qs, "state2", None) is not None:
-                add(qs.state2.absmax)
-                add(qs.state2.code)
-    for st in optimizer.state.values():
-        for v in st.values():
-            add(v)
-    return total
+    """Bytes of the distinct storages behind the model's tensors, its gradients and the optimizer state."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    opt_state = [v for st in optimizer.state.values() for v in st.values() if hasattr(v, "untyped_storage")]
+    storages = {}
+    for t in [*model_tensors(model), *grads, *opt_state]:
+        storages[(t.untyped_storage().data_ptr(), t.device)] = t.untyped_storage().nbytes()
+    return sum(storages.values())
 
 
 class LiveTensorBytes:
