@@ -8,9 +8,8 @@ prompt template (``medslm.prompts``), then bin-pack (``medslm.packing``).
 from __future__ import annotations
 
 import math
-import dataclasses
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -244,7 +243,7 @@ class PackedSource:
 
     def differing_keys(self, cfg: DataConfig) -> list[str]:
         """The data keys of ``cfg`` that the pack's settings replace with other values."""
-        mine, theirs = dataclasses.asdict(cfg), dataclasses.asdict(self.data)
+        mine, theirs = asdict(cfg), asdict(self.data)
         return [f"data.{k}: {mine[k]!r} -> {theirs[k]!r}" for k in mine if k != "packed" and mine[k] != theirs[k]]
 
     def rows(self) -> tuple[list[list[dict[str, list[int]]]], list[list[dict[str, list[int]]]]]:
@@ -262,13 +261,15 @@ def read_pack(path: str | Path) -> PackedSource:
     missing = [str(p) for p in (report_file, root / "train", root / "val") if not p.exists()]
     if missing:
         raise UserError(f"data.packed: {root} is not a folder written by pack.py (missing {', '.join(missing)})")
-    report = json.loads(report_file.read_text(encoding="utf-8"))
+    try:
+        report = json.loads(report_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"data.packed: {report_file}: not valid JSON ({exc}); re-run pack.py") from None
     tok = report.get("tokenizer") or {}
     if "fingerprint" not in tok or "data" not in report.get("config", {}):
         raise UserError(f"data.packed: {report_file} has no tokenizer fingerprint or data config; re-run pack.py")
-    fields = {f.name for f in dataclasses.fields(DataConfig)}
-    saved = {k: v for k, v in report["config"]["data"].items() if k in fields}
-    unknown = sorted(set(report["config"]["data"]) - fields)
+    saved = report["config"]["data"]
+    unknown = sorted(set(saved) - {f.name for f in fields(DataConfig)})
     if unknown:
         raise UserError(f"data.packed: {report_file} has data keys this version does not know: {unknown}; re-run pack.py")
     data = DataConfig(**{**saved, "packed": str(root)})
