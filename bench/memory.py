@@ -19,6 +19,10 @@ Each mode runs in its own subprocess (a fresh allocator). Figures per mode:
   and any scratch memory a kernel frees before it returns: on a CPU it estimates the VRAM the same
   step would take on a GPU.
 
+Modes: ``qlora`` (NF4 base, LoRA computed in bf16 from fp32 weights: medslm's default),
+``qlora_peft_fp32`` (the same with PEFT's default fp32 adapter path, ``model.lora_compute_dtype:
+float32``), ``lora_bf16`` (bf16 base, no quantisation), ``full`` (full fine-tuning, bf16).
+
 ``--batch padded`` (default) feeds ``micro_batch`` rows padded to ``seq_len`` with the second half
 of each row supervised; ``--batch packed`` feeds the product's packed rows: MCQ-sized examples
 (lengths drawn like MedQA + KorMedMCQA, bench/packing.py) packed to ``seq_len`` by ``pack_bfd``,
@@ -29,6 +33,7 @@ Ends with one JSON line of the figures and the ratios to full fine-tuning.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -201,17 +206,18 @@ def _reset_peak_rss() -> None:
 def run_mode(mode: str, model_dir: str, seq_len: int, micro_batch: int, batch_kind: str = "padded") -> dict:
     import torch
 
-    from medslm.modeling import LoraConfigSection, ModelConfig, apply_lora, enable_checkpointing, load_base_model
+    from medslm.modeling import AdapterPrecision, LoraConfigSection, ModelConfig, apply_lora, enable_checkpointing, load_base_model
     from medslm.trainer import batch_loss_sum
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rss0 = _rss_kib("VmRSS") * 1024
     mcfg = ModelConfig(
         name_or_path=model_dir,
-        quantization="nf4" if mode == "qlora" else "none",
+        quantization="nf4" if mode.startswith("qlora") else "none",
         compute_dtype="bfloat16",
         attention="sdpa",
         gradient_checkpointing=True,
+        lora_compute_dtype="float32" if mode.endswith("_peft_fp32") else "auto",
     )
     packed = batch_kind == "packed"
     if packed:
@@ -225,6 +231,7 @@ def run_mode(mode: str, model_dir: str, seq_len: int, micro_batch: int, batch_ki
         torch.manual_seed(0)
         model = apply_lora(model, LoraConfigSection(r=16, alpha=64, dropout=0.05), gradient_checkpointing=True)
     model.train()  # activation checkpointing and LoRA dropout only act in training mode
+    precision = AdapterPrecision(model, mcfg, device) if mode != "full" else None
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     vocab = model.get_input_embeddings().weight.shape[0]
@@ -255,8 +262,10 @@ def run_mode(mode: str, model_dir: str, seq_len: int, micro_batch: int, batch_ki
     with live:
         for _ in range(2):
             t1 = time.perf_counter()
-            loss, n = batch_loss_sum(model, batch, packed=packed, device=device)
-            (loss / n).backward()
+            with precision.step() if precision else contextlib.nullcontext():
+                with precision.forward() if precision else contextlib.nullcontext():
+                    loss, n = batch_loss_sum(model, batch, packed=packed, device=device)
+                (loss / n).backward()
             opt.step()
             opt.zero_grad(set_to_none=False)  # keep gradients allocated: they are part of the state
             if device.type == "cuda":
@@ -326,6 +335,9 @@ def main() -> None:
                 if m != base and not (base == "lora_bf16" and m == "full"):
                     for k in ("state", "peak", "live_peak"):
                         out[f"{m}_vs_{base}_{k}"] = round(results[m][f"{k}_gb"] / results[base][f"{k}_gb"], 4)
+    if "qlora" in results and "qlora_peft_fp32" in results:  # the adapter in bf16 vs PEFT's fp32 path
+        for k in ("live_peak_gb", "tokens_per_s"):
+            out[f"qlora_vs_qlora_peft_fp32_{k[:-3] if k.endswith('_gb') else k}"] = round(results["qlora"][k] / results["qlora_peft_fp32"][k], 4)
     print(json.dumps(out))
 
 

@@ -35,7 +35,7 @@ from medslm.cli import UserError
 from medslm.config import save_config, to_dict
 from medslm.dataset import build_dataset, read_pack, rows_of
 from medslm.metrics import MetricsLogger, PeakMemory
-from medslm.modeling import apply_lora, decoder_layers, embedded_tokenizer_for, load_base_model
+from medslm.modeling import AdapterPrecision, apply_lora, decoder_layers, embedded_tokenizer_for, load_base_model
 from medslm.packing import PackedCollator, PaddedCollator
 from medslm.tokenizer import load_tokenizer, pad_token_id, tokenizer_fingerprint
 from medslm.train_config import RESUME_MUST_MATCH, TrainConfig
@@ -149,6 +149,7 @@ class Setup:
     packed: bool
     pad: int
     report: dict[str, Any]
+    precision: AdapterPrecision
 
 
 def _null_row(pad_id: int) -> Row:
@@ -196,7 +197,8 @@ def build(cfg: TrainConfig, dist: D.DistState) -> Setup:
     else:
         padder = PaddedCollator(pad, cfg.data.padding, cfg.data.max_seq_len)
         collate = lambda rs: padder([ex for r in rs for ex in r])  # noqa: E731  one example per row
-    return Setup(cfg, dist, model, tokenizer, rows, val_rows, collate, packed, pad, report)
+    precision = AdapterPrecision(model, cfg.model, dist.device)
+    return Setup(cfg, dist, model, tokenizer, rows, val_rows, collate, packed, pad, report, precision)
 
 
 def _check_resume(cfg: TrainConfig, saved_yaml: str, saved_state: dict, dist: D.DistState) -> None:
@@ -298,8 +300,10 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool = False) -> dict[
         for idx in slices:
             rows = [s.rows[i] for i in idx] or [_null_row(s.pad)]
             batch = s.collate(rows)
-            loss_sum, _ = batch_loss_sum(model, batch, s.packed, dist.device)
-            (loss_sum * (loss_scale / max(1, n_sup))).backward()
+            with s.precision.step():
+                with s.precision.forward():
+                    loss_sum, _ = batch_loss_sum(model, batch, s.packed, dist.device)
+                (loss_sum * (loss_scale / max(1, n_sup))).backward()
             local_sum += loss_sum.detach().double().cpu()
         if dist.distributed and not cfg.distributed.fsdp:
             D.all_reduce_grads(dist, params)
@@ -398,7 +402,8 @@ def validation_loss(s: Setup, dist: D.DistState) -> float | None:
     total = torch.zeros(2, dtype=torch.float64)
     for b in range(n_batches):
         rows = mine[b * m : (b + 1) * m] or [_null_row(s.pad)]
-        loss_sum, n = batch_loss_sum(s.model, s.collate(rows), s.packed, dist.device)
+        with s.precision.step(), s.precision.forward():
+            loss_sum, n = batch_loss_sum(s.model, s.collate(rows), s.packed, dist.device)
         if n:
             total += torch.tensor([float(loss_sum), n], dtype=torch.float64)
     total = D.all_reduce_sum(dist, total)

@@ -208,3 +208,60 @@ def test_a_pack_from_another_tokenizer_or_no_pack_is_refused(tmp_path):
     assert res.returncode == 2 and "was tokenised with" in res.stderr and "Traceback" not in res.stderr
     res = _run_cli([*FAST, f"--train.output_dir={tmp_path / 'run'}", f"--data.packed={tmp_path / 'nope'}"])
     assert res.returncode == 2 and "not a folder written by pack.py" in res.stderr
+
+
+def _fp32_activation_copies(lora_compute_dtype: str) -> int:
+    """fp32 tensors of the MLP's intermediate size made by one bf16 training step of the tiny model.
+
+    Only the adapter's path makes such tensors (its copy of down_proj's input, the dropout mask,
+    the dropped copy); the base MLP runs in bf16. (RMSNorm and the loss use fp32 by design, at
+    other sizes.)"""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    from medslm.modeling import AdapterPrecision, LoraConfigSection, ModelConfig, apply_lora, load_base_model
+    from medslm.trainer import batch_loss_sum
+
+    cpu = torch.device("cpu")
+    mcfg = ModelConfig(compute_dtype="bfloat16", lora_compute_dtype=lora_compute_dtype)
+    model = apply_lora(load_base_model(mcfg, cpu, packed=False), LoraConfigSection(dropout=0.05)).train()
+    inter = model.config.intermediate_size
+    ids = torch.randint(3, 200, (2, 64))
+    batch = {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(64).expand(2, -1)}
+    found = []
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor) and t.dtype == torch.float32 and tuple(t.shape[-3:]) == (2, 64, inter):
+                    found.append((str(func), tuple(t.shape)))
+            return out
+
+    precision = AdapterPrecision(model, mcfg, cpu)
+    with Spy(), precision.step():
+        with precision.forward():
+            loss, n = batch_loss_sum(model, batch, packed=False, device=cpu)
+        (loss / n).backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    return len(found)
+
+
+def test_bf16_training_makes_no_fp32_copies_of_activations_for_the_adapter():
+    """PEFT's default copies every adapter input to fp32; lora_compute_dtype=auto keeps them bf16
+    (the adapter's weights, gradients and AdamW state stay fp32)."""
+    assert _fp32_activation_copies("float32") > 0
+    assert _fp32_activation_copies("auto") == 0
+
+
+def test_bf16_adapter_compute_trains_like_the_fp32_adapter_path(tmp_path):
+    from medslm.trainer import train
+
+    common = ["--train.max_steps=4", "--lora.dropout=0.0", "--model.compute_dtype=bfloat16", "--model.quantization=none"]
+    fast = train(_cfg(tmp_path / "a", *common, "--model.lora_compute_dtype=auto"))
+    ref = train(_cfg(tmp_path / "b", *common, "--model.lora_compute_dtype=float32"))
+    a, b = _losses(tmp_path / "a" / "run"), _losses(tmp_path / "b" / "run")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=2e-2), step
+    assert fast["final_loss"] < a[1]  # and it learns
