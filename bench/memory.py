@@ -33,7 +33,6 @@ Ends with one JSON line of the figures and the ratios to full fine-tuning.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import resource
@@ -41,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,11 +102,9 @@ class LiveTensorBytes:
     """
 
     def __init__(self) -> None:
-        import weakref
-
         from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_leaves
 
-        self._weakref = weakref
         self._sizes: dict[int, tuple[object, int]] = {}
         self.current = 0
         self.peak = 0
@@ -115,8 +113,6 @@ class LiveTensorBytes:
         class _Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
-                from torch.utils._pytree import tree_leaves
-
                 counter.track(tree_leaves(out))
                 return out
 
@@ -140,12 +136,9 @@ class LiveTensorBytes:
                     self.current += n - old
                     self._sizes[key] = (ref, n)
             else:
-                self._sizes[key] = (self._weakref.ref(st, lambda _r, k=key: self._freed(k)), n)
+                self._sizes[key] = (weakref.ref(st, lambda _r, k=key: self._freed(k)), n)
                 self.current += n
         self.peak = max(self.peak, self.current)
-
-    def reset_peak(self) -> None:
-        self.peak = self.current
 
     def __enter__(self):
         self._mode.__enter__()
@@ -215,13 +208,12 @@ def run_mode(mode: str, model_dir: str, seq_len: int, micro_batch: int, batch_ki
         name_or_path=model_dir,
         quantization="nf4" if mode.startswith("qlora") else "none",
         compute_dtype="bfloat16",
-        attention="sdpa",
+        attention="packed" if batch_kind == "packed" else "sdpa",
         gradient_checkpointing=True,
-        lora_compute_dtype="float32" if mode.endswith("_peft_fp32") else "auto",
+        # full fine-tuning has no adapter: "float32" makes AdapterPrecision a no-op for it
+        lora_compute_dtype="float32" if mode.endswith("_peft_fp32") or mode == "full" else "auto",
     )
     packed = batch_kind == "packed"
-    if packed:
-        mcfg.attention = "packed"
     model = load_base_model(mcfg, device, packed=packed)
     if mode == "full":
         for p in model.parameters():
@@ -231,7 +223,7 @@ def run_mode(mode: str, model_dir: str, seq_len: int, micro_batch: int, batch_ki
         torch.manual_seed(0)
         model = apply_lora(model, LoraConfigSection(r=16, alpha=64, dropout=0.05), gradient_checkpointing=True)
     model.train()  # activation checkpointing and LoRA dropout only act in training mode
-    precision = AdapterPrecision(model, mcfg, device) if mode != "full" else None
+    precision = AdapterPrecision(model, mcfg, device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     vocab = model.get_input_embeddings().weight.shape[0]
@@ -262,8 +254,8 @@ def run_mode(mode: str, model_dir: str, seq_len: int, micro_batch: int, batch_ki
     with live:
         for _ in range(2):
             t1 = time.perf_counter()
-            with precision.step() if precision else contextlib.nullcontext():
-                with precision.forward() if precision else contextlib.nullcontext():
+            with precision.step():
+                with precision.forward():
                     loss, n = batch_loss_sum(model, batch, packed=packed, device=device)
                 (loss / n).backward()
             opt.step()

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from medslm.cli import UserError
 from medslm.config import ConfigError, parse_ratio
 from medslm.data import SkipLog, load_items
 from medslm.mixing import MixError, SplitResult, mix_by_ratio, split_items
@@ -237,9 +238,15 @@ class PackedSource:
 
     path: Path
     data: DataConfig  # the data section it was packed with (``packed`` set to ``path``)
-    report: dict[str, Any]
-    tokenizer_name: str
-    tokenizer_fingerprint: str
+    report: dict[str, Any]  # packing_report.json, with its "config" and "tokenizer" entries
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.report["tokenizer"].get("name", "?")
+
+    @property
+    def tokenizer_fingerprint(self) -> str:
+        return self.report["tokenizer"]["fingerprint"]
 
     def differing_keys(self, cfg: DataConfig) -> list[str]:
         """The data keys of ``cfg`` that the pack's settings replace with other values."""
@@ -254,8 +261,6 @@ def read_pack(path: str | Path) -> PackedSource:
     """Open pack.py's output folder; a missing or foreign folder is one clear error."""
     import json
 
-    from medslm.cli import UserError
-
     root = Path(path).expanduser()
     report_file = root / "packing_report.json"
     missing = [str(p) for p in (report_file, root / "train", root / "val") if not p.exists()]
@@ -265,12 +270,12 @@ def read_pack(path: str | Path) -> PackedSource:
         report = json.loads(report_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise UserError(f"data.packed: {report_file}: not valid JSON ({exc}); re-run pack.py") from None
-    tok = report.get("tokenizer") or {}
-    if "fingerprint" not in tok or "data" not in report.get("config", {}):
+    ok = isinstance(report, dict) and isinstance(report.get("tokenizer"), dict) and isinstance(report.get("config"), dict)
+    if not ok or "fingerprint" not in report["tokenizer"] or "data" not in report["config"]:
         raise UserError(f"data.packed: {report_file} has no tokenizer fingerprint or data config; re-run pack.py")
     saved = report["config"]["data"]
     unknown = sorted(set(saved) - {f.name for f in fields(DataConfig)})
     if unknown:
         raise UserError(f"data.packed: {report_file} has data keys this version does not know: {unknown}; re-run pack.py")
     data = DataConfig(**{**saved, "packed": str(root)})
-    return PackedSource(root, data, report, tok.get("name", "?"), tok["fingerprint"])
+    return PackedSource(root, data, report)

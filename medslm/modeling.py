@@ -8,6 +8,7 @@ loaded through exactly the same ``from_pretrained`` + bitsandbytes + PEFT path a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -208,13 +209,9 @@ class AdapterPrecision:
                 self._disable_cast = disable_input_dtype_casting
 
     def step(self) -> Any:
-        import contextlib
-
         return self._disable_cast(self.model) if self.active else contextlib.nullcontext()
 
     def forward(self) -> Any:
-        import contextlib
-
         return torch.autocast(self.device.type, dtype=self.dtype) if self.active else contextlib.nullcontext()
 
 
