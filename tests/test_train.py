@@ -211,6 +211,19 @@ def test_a_pack_from_another_tokenizer_or_no_pack_is_refused(tmp_path):
     res = _run_cli([*FAST, f"--train.output_dir={tmp_path / 'run'}", f"--data.packed={tmp_path / 'nope'}"])
     assert res.returncode == 2 and "not a folder written by pack.py" in res.stderr
 
+    from medslm.cli import UserError
+    from medslm.dataset import read_pack
+
+    report.write_text('{"config": {"data": {}}, "tokenizer": ')  # cut short
+    with pytest.raises(UserError, match=r"packing_report\.json: not valid JSON .*line 1"):
+        read_pack(pack)
+    report.write_text(json.dumps({**rep, "tokenizer": "embedded"}))  # no fingerprint
+    with pytest.raises(UserError, match=r"packing_report\.json has no tokenizer fingerprint"):
+        read_pack(pack)
+    report.write_text(json.dumps({**rep, "config": {"data": {**rep["config"]["data"], "shuffle": True}}}))
+    with pytest.raises(UserError, match=r"data keys this version does not know: \['shuffle'\]"):
+        read_pack(pack)
+
 
 def _fp32_activation_copies(lora_compute_dtype: str) -> int:
     """fp32 tensors of the MLP's intermediate size made by one bf16 training step of the tiny model.
