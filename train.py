@@ -5,7 +5,8 @@
     torchrun --nproc_per_node 4 train.py --config configs/medgemma-4b.yaml
 
 Without --config, configs/tiny.yaml is used. Overrides are --section.key=value; unknown keys are
-an error. Writes OUTPUT_DIR/{config.yaml,metrics.jsonl,tb/,checkpoints/,adapter/}.
+an error. Writes OUTPUT_DIR/{config.yaml,metrics.jsonl,tb/,checkpoints/,adapter/}. The paper's
+configs name no data: give --data.medqa=DIR --data.kormedmcqa=DIR (or --data.packed=DIR).
 """
 
 from __future__ import annotations

@@ -50,8 +50,11 @@ class DataConfig:
         parse_ratio(self.ratio)
         if self.max_seq_len < 16:
             raise ConfigError(f"data.max_seq_len must be at least 16, got {self.max_seq_len}")
-        if not self.medqa and not self.kormedmcqa:
-            raise ConfigError("data: give at least one of data.medqa or data.kormedmcqa")
+        if not self.medqa and not self.kormedmcqa and not self.packed:
+            raise ConfigError(
+                "data: no training data: give data.medqa and/or data.kormedmcqa (files, folders or hf:NAME; embedded: the "
+                "samples), e.g. --data.medqa=/data/medqa/US --data.kormedmcqa=/data/KorMedMCQA, or data.packed (a pack.py folder)"
+            )
 
 
 def resolve_paths(benchmark: str, specs: list[str]) -> list[str | Path]:

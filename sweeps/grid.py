@@ -3,7 +3,7 @@ train.py run + evaluation per trial.
 
     python sweeps/grid.py                                   # tiny embedded config, local Ray
     python sweeps/grid.py --ranks 8,16 --alphas 32 --train.max_steps=20 --out runs/sweep-grid
-    python sweeps/grid.py --config configs/medgemma-4b.yaml --address auto --gpus-per-trial 1
+    python sweeps/grid.py --config configs/medgemma-4b.yaml --data.medqa=DIR --data.kormedmcqa=DIR --address auto --gpus-per-trial 1
 
 Options: --config FILE (default configs/tiny.yaml), --ranks LIST, --alphas LIST, --out DIR
 (default runs/sweep-grid), --address auto|ray://HOST:PORT (default: start Ray here),

@@ -3,7 +3,7 @@ train.py run + evaluation per ratio (LoRA settings from the config).
 
     python sweeps/ratios.py                                 # tiny embedded config, local Ray
     python sweeps/ratios.py --ratios 5:5,10:3 --train.max_steps=20 --out runs/sweep-ratios
-    python sweeps/ratios.py --config configs/medgemma-4b.yaml --address auto --gpus-per-trial 1
+    python sweeps/ratios.py --config configs/medgemma-4b.yaml --data.medqa=DIR --data.kormedmcqa=DIR --address auto --gpus-per-trial 1
 
 Options: --config FILE (default configs/tiny.yaml), --ratios LIST, --out DIR (default
 runs/sweep-ratios), --address auto|ray://HOST:PORT (default: start Ray here), --cpus-per-trial N

@@ -13,15 +13,27 @@ REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
 
 
+PAPER = ("medgemma-4b.yaml", "llama-3.3-70b.yaml")  # they name no data: the user's own must be given
+DATA = ["--data.medqa=/data/medqa/US", "--data.kormedmcqa=/data/KorMedMCQA"]
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_every_shipped_config_loads_and_validates(path):
-    cfg = parse_config(TrainConfig, ["--config", str(path)])
+    cfg = parse_config(TrainConfig, ["--config", str(path), *(DATA if path.name in PAPER else [])])
     assert cfg.lora.r >= 1 and cfg.data.max_seq_len >= 16
 
 
+@pytest.mark.parametrize("name", PAPER)
+def test_paper_configs_name_no_data(name):
+    with pytest.raises(ConfigError, match=r"no training data: give data\.medqa and/or data\.kormedmcqa.*or data\.packed"):
+        parse_config(TrainConfig, ["--config", str(REPO / "configs" / name)])
+    cfg = parse_config(TrainConfig, ["--config", str(REPO / "configs" / name), "--data.packed=/data/packed"])
+    assert cfg.data.medqa == [] and cfg.data.kormedmcqa == []
+
+
 def test_paper_settings_in_the_paper_configs():
-    for name in ("medgemma-4b.yaml", "llama-3.3-70b.yaml"):
-        cfg = parse_config(TrainConfig, ["--config", str(REPO / "configs" / name)])
+    for name in PAPER:
+        cfg = parse_config(TrainConfig, ["--config", str(REPO / "configs" / name), *DATA])
         assert (cfg.train.lr, cfg.train.warmup_steps, cfg.train.epochs) == (2e-4, 100, 3)
         assert (cfg.train.micro_batch_size, cfg.train.grad_accum, cfg.data.max_seq_len) == (4, 8, 2048)
         assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (16, 64, 0.05)
