@@ -10,10 +10,12 @@ Accuracy (0-shot, the training prompt template):
   --scoring letter (default: log-prob of the option letters at the answer position, one forward
   per item; lm-eval's medqa_4options protocol) | option_text (length-normalised log-likelihood of
   " X. option text", lm-eval's acc_norm, for base models that do not answer with a letter).
-  Writes DIR/eval.json and DIR/predictions.jsonl (default DIR: RUN_DIR/eval, or runs/eval-<model>).
+  Writes DIR/eval.json and DIR/predictions.jsonl (default DIR: RUN_DIR/eval, or runs/eval-<model>);
+  with --run, also the accuracies (per benchmark and subject) to RUN_DIR/tb for TensorBoard.
+  Multimodal checkpoints (MedGemma): --text-only false scores on the whole shipped model.
 
 Forgetting (paired: bootstrap CI of the delta and exact McNemar test, per benchmark and subject):
-    python evaluate.py compare BASE_EVAL_DIR OTHER_EVAL_DIR [MORE...] [--out compare.json]
+    python evaluate.py compare BASE_EVAL_DIR OTHER_EVAL_DIR [MORE...] [--out FILE]   # default BASE_EVAL_DIR/compare.json
 
 LoRA layer analysis (mean |adapter delta| per decoder layer, English vs Korean and per subject):
     python evaluate.py lora-activations --run RUN_DIR [--out DIR] [--max-items 200]
@@ -57,18 +59,25 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kormedmcqa", nargs="+", metavar="PATH", help="KorMedMCQA files/folders ('embedded': the samples)")
     p.add_argument("--split", choices=["train", "val", "test", "all"], help="default: test (explicit files: all)")
     p.add_argument("--split-mode", choices=["hash", "official"], help="default: the run's data.split (hash)")
-    p.add_argument("--out", metavar="DIR")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/eval, or runs/eval-<model>)")
+    p.add_argument("--batch-size", type=int, default=None, help="rows per forward pass (default 32; lora-activations 16)")
     p.add_argument("--max-batch-tokens", type=int, default=16384, help="rows x padded length per forward")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--text-only", choices=["true", "false"], help="multimodal checkpoints (MedGemma): load only the language model "
+                   "(true) or the whole model (false); default: the run's model.text_only, true for --model")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or progress lines, model loading included "
+                   "(without it: bars on a terminal, a plain line every tenth of the way in a log)")
+
+
+def _bool(text: str | None) -> bool | None:
+    return None if text is None else text == "true"
 
 
 def parse_args(argv: list[str]) -> EvalConfig | CompareConfig | LoraActivationsConfig:
     if argv and argv[0] == "compare":
         p = _Parser(prog="evaluate.py compare", description="Paired comparison of eval dirs (forgetting).")
         p.add_argument("eval_dirs", nargs="+", metavar="EVAL_DIR", help="BASE first, then one or more others")
-        p.add_argument("--out", default="compare.json", help="JSON output (the Markdown goes next to it as .md)")
+        p.add_argument("--out", default=None, help="JSON output (default: BASE_EVAL_DIR/compare.json; the Markdown goes next to it as .md)")
         p.add_argument("--resamples", type=int, default=10_000, help="paired bootstrap resamples (>= 2000)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--alpha", type=float, default=0.05)
@@ -83,6 +92,7 @@ def parse_args(argv: list[str]) -> EvalConfig | CompareConfig | LoraActivationsC
         return LoraActivationsConfig(
             run=a.run, medqa=a.medqa, kormedmcqa=a.kormedmcqa, split=a.split, split_mode=a.split_mode, max_items=a.max_items,
             out=a.out, batch_size=a.batch_size or 16, max_batch_tokens=a.max_batch_tokens, device=a.device, progress=not a.no_progress,
+            text_only=_bool(a.text_only),
         )
     p = _Parser(
         prog="evaluate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -92,7 +102,8 @@ def parse_args(argv: list[str]) -> EvalConfig | CompareConfig | LoraActivationsC
     who.add_argument("--run", metavar="RUN_DIR", help="a train.py output_dir (config.yaml + adapter/)")
     who.add_argument("--model", metavar="NAME_OR_PATH", help="a base model: local folder, hub id, embedded[:tiny-gemma3]")
     _data_args(p)
-    p.add_argument("--scoring", choices=["letter", "option_text"], default="letter")
+    p.add_argument("--scoring", choices=["letter", "option_text"], default="letter",
+                   help="letter: log-prob of the option letters (default); option_text: lm-eval's acc_norm")
     p.add_argument("--quantization", choices=["nf4", "none"], help="default: the run's (nf4 for --model)")
     p.add_argument("--tokenizer", help="--model only: tokenizer path or name (default: the model's own)")
     p.add_argument("--max-items", type=int, default=0, help="at most this many items per benchmark (0 = all)")
@@ -100,7 +111,7 @@ def parse_args(argv: list[str]) -> EvalConfig | CompareConfig | LoraActivationsC
     return EvalConfig(
         run=a.run, model=a.model, medqa=a.medqa, kormedmcqa=a.kormedmcqa, split=a.split, split_mode=a.split_mode, out=a.out,
         scoring=a.scoring, batch_size=a.batch_size or 32, max_batch_tokens=a.max_batch_tokens, max_items=a.max_items,
-        device=a.device, quantization=a.quantization, tokenizer=a.tokenizer, progress=not a.no_progress,
+        device=a.device, quantization=a.quantization, tokenizer=a.tokenizer, progress=not a.no_progress, text_only=_bool(a.text_only),
     )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 
 from medslm.cli import run_cli
-from medslm.config import parse_config
+from medslm.config import config_help, parse_config
 from medslm.train_config import DEFAULT_CONFIG, TrainConfig
 from medslm.trainer import train
 
@@ -26,6 +26,7 @@ def main(cfg: TrainConfig) -> dict:
 if __name__ == "__main__":
     if any(a in ("-h", "--help") for a in sys.argv[1:]):
         print(__doc__)
+        print(config_help(TrainConfig))
         raise SystemExit(0)
     result = run_cli(lambda: main(parse_config(TrainConfig, sys.argv[1:], default_file=DEFAULT_CONFIG)))
     if result.get("steps") is not None and result.get("rank", 0) == 0:  # one line per run, not per rank

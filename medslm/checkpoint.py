@@ -72,12 +72,16 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return load_file(str(p / "adapter.safetensors")), state, p / "config.yaml"
 
 
-def save_adapter(model: Any, adapter: dict[str, torch.Tensor], out_dir: str | Path) -> Path:
-    """The final adapter in PEFT format (adapter_config.json + adapter_model.safetensors), atomically."""
+def save_adapter(model: Any, adapter: dict[str, torch.Tensor], out_dir: str | Path, finish: Any = None) -> Path:
+    """The final adapter in PEFT format (adapter_config.json + adapter_model.safetensors), atomically.
+
+    ``finish(folder)``, if given, edits the written folder before it is renamed into place."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     model.save_pretrained(str(tmp), state_dict=adapter, safe_serialization=True)
+    if finish is not None:
+        finish(tmp)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

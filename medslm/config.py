@@ -214,6 +214,94 @@ def load_saved_config(cls: type[T], path: str | Path) -> T:
     return cfg
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """One line of documentation per field of dataclass ``cls``, read from its source: the ``#``
+    comment ending the field's line, else the ``#`` comment lines right above it."""
+    import ast
+    import inspect
+    import io
+    import textwrap
+    import tokenize
+
+    src = textwrap.dedent(inspect.getsource(cls))
+    comments: dict[int, str] = {}
+    code_lines: set[int] = set()
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+        elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER):
+            code_lines.update(range(tok.start[0], tok.end[0] + 1))
+    docs: dict[str, str] = {}
+    body = ast.parse(src).body[0]
+    for node in getattr(body, "body", []):
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        end = node.end_lineno or node.lineno
+        if end in comments:
+            docs[node.target.id] = comments[end]
+            continue
+        above, line = [], node.lineno - 1
+        while line in comments and line not in code_lines:
+            above.insert(0, comments[line])
+            line -= 1
+        if above:
+            docs[node.target.id] = " ".join(above)
+    return docs
+
+
+def _type_name(tp: Any) -> str:
+    optional, inner = _is_optional(tp)
+    origin = get_origin(inner)
+    if origin is Literal:
+        name = "|".join(str(a).lower() if isinstance(a, bool) else str(a) for a in get_args(inner))
+    elif origin in (list, tuple):
+        (item, *_rest) = get_args(inner) or (str,)
+        name = f"list of {getattr(item, '__name__', str(item))}, comma-separated"
+    else:
+        name = {bool: "true|false", int: "int", float: "float", str: "str"}.get(inner, str(inner))
+    return f"{name} or null" if optional else name
+
+
+def _default_text(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value) or "(empty)"
+    return str(value)
+
+
+def config_keys(cls: type) -> list[tuple[str, str, str, str]]:
+    """``(--section.key, type, default, doc)`` for every key of the nested config ``cls``."""
+    root = cls()
+    out = []
+    for section in dataclasses.fields(root):
+        sec_obj = getattr(root, section.name)
+        hints = get_type_hints(type(sec_obj))
+        docs = field_docs(type(sec_obj))
+        for f in dataclasses.fields(sec_obj):
+            out.append((f"{section.name}.{f.name}", _type_name(hints[f.name]), _default_text(getattr(sec_obj, f.name)), docs.get(f.name, "")))
+    return out
+
+
+def config_help(cls: type) -> str:
+    """Every key of ``cls`` with its type, default and one line of doc, grouped by section;
+    generated from the dataclasses, so it cannot drift from what the parser accepts."""
+    root = cls()
+    lines = ["Config keys (YAML sections, or --section.key=value on the command line):"]
+    current = None
+    for key, tp, default, doc in config_keys(cls):
+        section = key.split(".")[0]
+        if section != current:
+            current = section
+            sec_doc = (type(getattr(root, section)).__doc__ or "").replace("``", "").strip().splitlines()
+            lines.append(f"\n{section}:" + (f"  {sec_doc[0]}" if sec_doc and not sec_doc[0].startswith(type(getattr(root, section)).__name__ + "(") else ""))
+        lines.append(f"  --{key}={default}  [{tp}]")
+        lines.append(f"      {doc}")
+    return "\n".join(lines)
+
+
 def parse_ratio(text: str) -> tuple[int, int]:
     """``"10:3"`` -> ``(10, 3)``; both parts non-negative integers, not both zero."""
     parts = str(text).split(":")
@@ -228,6 +316,9 @@ def parse_ratio(text: str) -> tuple[int, int]:
 __all__ = [
     "ConfigError",
     "apply_mapping",
+    "config_help",
+    "config_keys",
+    "field_docs",
     "load_saved_config",
     "load_yaml",
     "option_pairs",

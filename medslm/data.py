@@ -197,7 +197,10 @@ def iter_rows(spec: str | Path) -> Iterator[RawRow]:
         return
     path = Path(spec)
     if not path.exists():
-        raise DataError(str(path), "(path)", "no such file or directory")
+        from medslm.hub import looks_like_hub_id
+
+        hint = f"; did you mean hf:{text}? (a dataset on the Hugging Face hub)" if looks_like_hub_id(text) else ""
+        raise DataError(str(path), "(path)", f"no such file or directory{hint}")
     if path.is_dir():
         if _is_saved_dataset(path):
             yield from _read_datasets_dir(path)
@@ -221,7 +224,12 @@ def _read_hub(name: str) -> Iterator[RawRow]:
     """A dataset on the hub (needs network access and, for KorMedMCQA, its configs)."""
     import datasets
 
+    from medslm.hub import dataset_problem
+
     repo, _, config = name.partition(":")
+    problem = dataset_problem(repo)
+    if problem is not None:
+        raise DataError(f"hf:{name}", "(dataset)", problem)
     configs = [config] if config else (list(KORMED_SUBJECTS) if "kormedmcqa" in repo.lower() else [None])
     for cfg in configs:
         try:

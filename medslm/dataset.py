@@ -30,19 +30,19 @@ EMBEDDED_DATA = {"medqa": SAMPLES_DIR / "medqa" / "US", "kormedmcqa": SAMPLES_DI
 class DataConfig:
     """The ``data`` section: where items come from and how they become training rows."""
 
-    medqa: list[str] = field(default_factory=lambda: ["embedded"])  # files, folders, hf:NAME; [] for none
-    kormedmcqa: list[str] = field(default_factory=lambda: ["embedded"])
+    medqa: list[str] = field(default_factory=lambda: ["embedded"])  # MedQA files, folders or hf:NAME; embedded: the samples; [] for none
+    kormedmcqa: list[str] = field(default_factory=lambda: ["embedded"])  # KorMedMCQA files, folders or hf:NAME; embedded: the samples; [] for none
     ratio: str = "5:5"  # EN:KO item counts in the training mix (see medslm/mixing.py)
     upsample: bool = False  # repeat the limiting side instead of subsampling the other
-    split: Literal["hash", "official"] = "hash"
-    max_seq_len: int = 2048
-    packing: bool = True
+    split: Literal["hash", "official"] = "hash"  # hash: 80/10/10 by content hash (the paper's); official: the datasets' own splits
+    max_seq_len: int = 2048  # tokens per packed row (and the longest example allowed)
+    packing: bool = True  # pack several examples per row (best-fit decreasing); false: one example per row
     padding: Literal["longest", "max_length"] = "longest"  # used when packing is off
     tokenizer: str | None = None  # None: the model's own tokenizer (train) / the embedded one (pack)
-    answer_format: Literal["letter", "letter_text"] = "letter"
-    overlong: Literal["error", "truncate", "drop"] = "error"
-    skip_invalid: bool = False
-    seed: int = 0
+    answer_format: Literal["letter", "letter_text"] = "letter"  # the target: " C" or " C. option text" (then EOS)
+    overlong: Literal["error", "truncate", "drop"] = "error"  # an example over max_seq_len: stop, cut the prompt from the left, or skip it (counted)
+    skip_invalid: bool = False  # skip rows that fail validation (counted by reason) instead of stopping
+    seed: int = 0  # seed of the ratio subsampling
     # a folder written by pack.py: train on its rows; its data settings replace this section's
     packed: str | None = None
 
@@ -90,9 +90,9 @@ def tokenise(items: list[MCQItem], tokenizer: Any, cfg: DataConfig, progress: bo
     out = TokenisedSplit([])
     iterator: Any = items
     if progress and len(items) > 2000:
-        from tqdm import tqdm
+        from medslm.console import progress_iter  # a bar on a terminal, plain lines in a log
 
-        iterator = tqdm(items, desc="tokenising", unit="item")
+        iterator = progress_iter(items, "tokenising", "item", enabled=True)
     answer_format: AnswerFormat = cfg.answer_format
     for item in iterator:
         ex = build_example(item, tokenizer, cfg.max_seq_len, answer_format, cfg.overlong)

@@ -54,7 +54,8 @@ class EvalConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     quantization: Literal["nf4", "none"] | None = None  # None: the run's, or nf4 for --model
     tokenizer: str | None = None  # --model only; None: the model's own (embedded: the embedded one)
-    progress: bool = True
+    progress: bool = True  # progress bars on a terminal, plain lines in a log; False: neither (loading bars too)
+    text_only: bool | None = None  # multimodal checkpoints: None: the run's model.text_only (True for --model)
 
     def validate(self) -> None:
         if (self.run is None) == (self.model is None):
@@ -100,7 +101,9 @@ def resolve_device(name: str) -> torch.device:
 
 def load_for_eval(cfg: EvalConfig, run_cfg: Any = None) -> tuple[Any, Any, dict[str, Any]]:
     """(model in eval mode, tokenizer, description) for ``--run`` (base + adapter) or ``--model``."""
+    from medslm.console import interactive
     from medslm.modeling import ModelConfig, embedded_tokenizer_for, load_base_model
+    from medslm.multimodal import adapter_load_kwargs, describe
     from medslm.tokenizer import load_tokenizer
 
     device = resolve_device(cfg.device)
@@ -116,11 +119,13 @@ def load_for_eval(cfg: EvalConfig, run_cfg: Any = None) -> tuple[Any, Any, dict[
         tok_src = cfg.tokenizer or embedded_tokenizer_for(mcfg)
     if cfg.quantization is not None:
         mcfg.quantization = cfg.quantization
+    if cfg.text_only is not None:
+        mcfg.text_only = cfg.text_only
     if mcfg.attention in ("auto", "packed"):
         mcfg.attention = "sdpa"  # padded batches; the packed kernel is for training rows
     mcfg.validate()
     tokenizer = load_tokenizer(tok_src)
-    model = load_base_model(mcfg, device, packed=False)
+    model = load_base_model(mcfg, device, packed=False, progress=cfg.progress and interactive())
     vocab = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > vocab:
         raise UserError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has {vocab}")
@@ -129,10 +134,11 @@ def load_for_eval(cfg: EvalConfig, run_cfg: Any = None) -> tuple[Any, Any, dict[
 
         with warnings.catch_warnings():  # transformers' gradient-checkpointing rename, seen by PEFT
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing.*")
-            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False, **adapter_load_kwargs(model))
     model.eval()
     info = {
         "name_or_path": mcfg.name_or_path,
+        "class": describe(model),
         "quantization": mcfg.quantization,
         "compute_dtype": str(next(p for p in model.parameters() if p.is_floating_point()).dtype),
         "run": str(Path(cfg.run).resolve()) if cfg.run else None,
@@ -240,12 +246,24 @@ def default_out(cfg: EvalConfig) -> Path:
     return Path("runs") / f"eval-{safe}"
 
 
+def _warn_if_samples(cfg: EvalConfig, run_cfg: Any) -> None:
+    from medslm.console import sample_data_warning, warn
+
+    if cfg.medqa is not None or cfg.kormedmcqa is not None:
+        return
+    name = run_cfg.model.name_or_path if run_cfg is not None else str(cfg.model)
+    warning = sample_data_warning(name, run_cfg.data if run_cfg is not None else DataConfig())
+    if warning:
+        warn(warning.replace("--data.medqa=...", "--medqa ...").replace("--data.kormedmcqa=...", "--kormedmcqa ..."))
+
+
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Score every selected item, write OUT/eval.json and OUT/predictions.jsonl, print the table."""
     cfg.validate()
     t_start = time.perf_counter()
     run_cfg = load_run_config(cfg.run) if cfg.run else None
     items, data_desc = select_items(cfg, run_cfg)
+    _warn_if_samples(cfg, run_cfg)
     model, tokenizer, model_info = load_for_eval(cfg, run_cfg)
     t0 = time.perf_counter()
     scores = SCORERS[cfg.scoring](model, tokenizer, items, cfg.batch_size, cfg.max_batch_tokens, cfg.progress)
@@ -271,6 +289,11 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     _write_text(out / "eval.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     print(format_table(benchmarks))
     print(f"{len(items)} items, {cfg.scoring} scoring, {scoring_s:.1f}s; wrote {out / 'eval.json'}")
+    if cfg.run:
+        from medslm.metrics import log_eval_accuracy
+
+        tags = log_eval_accuracy(cfg.run, benchmarks, data_desc["split"])
+        print(f"TensorBoard: {len(tags)} accuracies under {Path(cfg.run) / 'tb'} (eval_{data_desc['split']}/...)")
     return {"out_dir": str(out), "eval": result, "predictions": preds}
 
 

@@ -11,8 +11,8 @@ every OTHER on each benchmark and each subject:
 - ``forgetting``: a significant drop (p < alpha and delta < 0).
 
 The item sets must be identical (same ids, same gold answers); otherwise it is an error. The
-Markdown tables go to stdout; the same numbers go to ``--out`` (default ``./compare.json``) and the
-Markdown next to it (``compare.md``).
+Markdown tables go to stdout; the same numbers go to ``--out`` (default: ``compare.json`` in
+BASE_EVAL_DIR, beside its ``eval.json``) and the Markdown next to it (``compare.md``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ ALL = "(all)"
 @dataclass
 class CompareConfig:
     eval_dirs: list[str] = field(default_factory=list)  # BASE first, then one or more others
-    out: str = "compare.json"
+    out: str | None = None  # None: BASE_EVAL_DIR/compare.json
     n_resamples: int = 10_000
     seed: int = 0
     alpha: float = 0.05
@@ -141,6 +141,12 @@ def format_markdown(result: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def default_compare_out(base_eval: str | Path) -> Path:
+    """``compare.json`` in the base eval folder (beside its predictions), never the current folder."""
+    p = Path(base_eval)
+    return (p if p.is_dir() else p.parent) / "compare.json"
+
+
 def compare(cfg: CompareConfig) -> dict[str, Any]:
     """Compare BASE with each other eval dir; print Markdown, write JSON (+ .md). Returns the JSON."""
     cfg.validate()
@@ -163,7 +169,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
     if len(scorings) > 1:
         result["warning"] = f"the evals used different scoring methods: {sorted(scorings)}"
     markdown = format_markdown(result)
-    out = Path(cfg.out)
+    out = Path(cfg.out) if cfg.out else default_compare_out(base_name)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     out.with_suffix(".md").write_text(markdown + "\n", encoding="utf-8")

@@ -48,6 +48,7 @@ class LoraActivationsConfig:
     max_batch_tokens: int = 16384
     device: str = "auto"
     progress: bool = True
+    text_only: bool | None = None  # multimodal checkpoints: None: the run's model.text_only
 
     def validate(self) -> None:
         if not self.run:
@@ -59,6 +60,7 @@ class LoraActivationsConfig:
         return EvalConfig(
             run=self.run, medqa=self.medqa, kormedmcqa=self.kormedmcqa, split=self.split, split_mode=self.split_mode,
             max_items=self.max_items, device=self.device, batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens,
+            progress=self.progress, text_only=self.text_only,
         )
 
 
@@ -132,7 +134,7 @@ class LoraDeltaMeter:
 @torch.inference_mode()
 def measure_lora_activations(model: Any, tokenizer: Any, items: Sequence[MCQItem], batch_size: int = 16, max_batch_tokens: int = 16384, progress: bool = False) -> dict[str, Any]:
     """Per-group, per-layer LoRA delta magnitudes (see the module docstring) on ``items``."""
-    from tqdm import tqdm
+    from medslm.console import Progress
 
     n_layers = len(decoder_layers(model))
     device = model.get_input_embeddings().weight.device
@@ -141,7 +143,7 @@ def measure_lora_activations(model: Any, tokenizer: Any, items: Sequence[MCQItem
     was_training = model.training
     model.eval()
     try:
-        with LoraDeltaMeter(model, len(items)) as meter, tqdm(total=len(items), desc="lora-activations", unit="item", disable=not progress) as bar:
+        with LoraDeltaMeter(model, len(items)) as meter, Progress(len(items), "lora-activations", "item", enabled=progress, every=max(1, len(items) // 10)) as bar:
             for batch in length_batches([len(p) for p in prompts], batch_size, max_batch_tokens):
                 width = max(len(prompts[i]) for i in batch)
                 ids = torch.full((len(batch), width), pad, dtype=torch.long)

@@ -105,3 +105,36 @@ def _nvml_handle(device: torch.device) -> Any:
         return pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
     except Exception:  # no NVML: torch's own peak is still reported
         return None
+
+
+def last_logged_step(run_dir: str | Path) -> int:
+    """The highest step in ``run_dir/metrics.jsonl`` (0 when there is none)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    step = 0
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                step = max(step, int(json.loads(line).get("step", 0)))
+            except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
+                continue
+    return step
+
+
+def log_eval_accuracy(run_dir: str | Path, benchmarks: dict[str, Any], split: str) -> list[str]:
+    """Write evaluate.py's accuracies into the run's TensorBoard folder, at the run's last step,
+    as ``eval_<split>/<benchmark>`` and ``eval_<split>/<benchmark>/<subject>``; returns the tags."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    step = last_logged_step(run_dir)
+    tags = []
+    writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
+    try:
+        for bench, summ in benchmarks.items():
+            scalars = {f"eval_{split}/{bench}": summ["accuracy"]}
+            scalars.update({f"eval_{split}/{bench}/{subj}": s["accuracy"] for subj, s in summ.get("subjects", {}).items()})
+            for tag, value in scalars.items():
+                writer.add_scalar(tag, value, step)
+                tags.append(tag)
+    finally:
+        writer.close()
+    return tags

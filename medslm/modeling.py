@@ -4,6 +4,9 @@
 tiny randomly initialised model of a real architecture whose config ships in
 ``medslm/assets/models``. The embedded model is written once (seeded) to a cache folder and then
 loaded through exactly the same ``from_pretrained`` + bitsandbytes + PEFT path as a real model.
+A hub id is resolved through the HF cache first, with one error line when it cannot be had
+(:mod:`medslm.hub`); a multimodal checkpoint such as MedGemma loads as its language model alone
+(``model.text_only``) or whole, with LoRA on the language model only (:mod:`medslm.multimodal`).
 """
 
 from __future__ import annotations
@@ -30,16 +33,20 @@ EMBEDDED = {"embedded": "tiny-llama", "embedded:tiny-llama": "tiny-llama", "embe
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = "embedded"
-    quantization: Literal["nf4", "none"] = "nf4"
-    double_quant: bool = True
+    """The base model and how it is loaded."""
+
+    name_or_path: str = "embedded"  # a local folder, a hub id (the HF cache is tried first), or embedded / embedded:tiny-gemma3
+    quantization: Literal["nf4", "none"] = "nf4"  # nf4: QLoRA's 4-bit base; none: the plain-LoRA ablation in compute_dtype
+    double_quant: bool = True  # NF4 only: quantise the quantisation constants too (QLoRA's double quantisation)
     compute_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     attention: Literal["auto", "packed", "sdpa", "eager"] = "auto"  # auto: packed when data.packing
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool = True  # recompute each decoder layer in backward (activation checkpointing)
     # auto: LoRA runs in compute_dtype (bf16 on GPU) from fp32 weights, like the base; float32:
     # PEFT's default, which copies every adapter input to fp32 (1.2 GB more at MedGemma 4B, 4 x 2048)
     lora_compute_dtype: Literal["auto", "float32"] = "auto"
-    trust_remote_code: bool = False
+    # multimodal checkpoints (MedGemma): true loads only the language model and its head; false the whole model (vision tower frozen)
+    text_only: bool = True
+    trust_remote_code: bool = False  # run Python code shipped with a hub model (off: transformers' own classes only)
     embedded_seed: int = 0  # init seed of the embedded tiny model
 
     def validate(self) -> None:
@@ -49,9 +56,12 @@ class ModelConfig:
 
 @dataclass
 class LoraConfigSection:
-    r: int = 16
-    alpha: int = 64
-    dropout: float = 0.05
+    """The LoRA adapter (the only trained weights)."""
+
+    r: int = 16  # adapter rank
+    alpha: int = 64  # scaling numerator: the adapter's output is multiplied by alpha / r
+    dropout: float = 0.05  # dropout on the adapter's input, in training only
+    # module names, or all-linear: every linear layer of the decoder layers (never the output head or a vision tower)
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
 
     def validate(self) -> None:
@@ -67,14 +77,36 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MEDSLM_CACHE", Path.home() / ".cache" / "medslm"))
 
 
+# Bump when the embedded models' initialisation changes: it is part of the cache folder's name,
+# so weights written by an older init are never reused.
+EMBEDDED_INIT_VERSION = 2
+
+
+def init_output_head(model: Any, generator: torch.Generator) -> None:
+    """Draw the output head (for Gemma, the tied embedding) with std 1/sqrt(hidden_size).
+
+    The configs' ``initializer_range`` (0.02) gives rows of norm 0.02 * sqrt(128) = 0.23: no
+    logit can exceed about 2.6, and since LoRA (on all-linear) never trains the head, training
+    stalls at a loss floor (5.7 on 32 items). At 1/sqrt(hidden_size) (rows of norm ~1, logits up
+    to ~11, above log(4096) = 8.3) memorising a few items drives the loss below 0.1: 8 items,
+    20 steps at tiny.yaml's lr, 8.4 -> 0.09 (``tests/test_realckpt.py``). The rest of the model
+    keeps transformers' init."""
+    head = model.get_output_embeddings().weight
+    with torch.no_grad():
+        head.copy_(torch.randn(head.shape, generator=generator, dtype=head.dtype) / head.shape[1] ** 0.5)
+
+
 def materialise_embedded(name: str, seed: int = 0) -> Path:
     """Write the seeded random tiny model once and return its folder (safe under many ranks)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from medslm.console import quiet_hf_progress
+
     arch = EMBEDDED[name]
     cfg_dir = MODELS_DIR / arch
     config = AutoConfig.from_pretrained(cfg_dir)
-    stamp = hashlib.sha256(f"{config.to_json_string(use_diff=False)}|{seed}".encode()).hexdigest()[:10]
+    stamp_text = f"{config.to_json_string(use_diff=False)}|{seed}|init-v{EMBEDDED_INIT_VERSION}"
+    stamp = hashlib.sha256(stamp_text.encode()).hexdigest()[:10]
     dest = cache_dir() / "models" / f"{arch}-seed{seed}-{stamp}"
     if (dest / "model.safetensors").is_file():
         return dest
@@ -82,7 +114,9 @@ def materialise_embedded(name: str, seed: int = 0) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{arch}-"))
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.save_pretrained(tmp, safe_serialization=True)
+    init_output_head(model, torch.Generator().manual_seed(seed + 1))
+    with quiet_hf_progress(True):
+        model.save_pretrained(tmp, safe_serialization=True)
     try:
         tmp.rename(dest)
     except OSError:  # another rank got there first
@@ -91,13 +125,18 @@ def materialise_embedded(name: str, seed: int = 0) -> Path:
 
 
 def resolve_model_path(cfg: ModelConfig) -> str:
+    """A local folder for the model: the embedded one, the given path, or a hub id's cached snapshot.
+
+    A hub id that is neither cached nor reachable is one error line (:func:`medslm.hub.resolve`)."""
+    from medslm import hub
+
     if cfg.name_or_path in EMBEDDED:
         return str(materialise_embedded(cfg.name_or_path, cfg.embedded_seed))
     path = Path(cfg.name_or_path).expanduser()
     looks_local = cfg.name_or_path.startswith((".", "/", "~")) or path.exists()
     if looks_local and not (path / "config.json").is_file():
         raise UserError(f"model.name_or_path: {path} does not exist or has no config.json")
-    return str(path) if looks_local else cfg.name_or_path
+    return str(path) if looks_local else hub.resolve(cfg.name_or_path, "model.name_or_path")
 
 
 def embedded_tokenizer_for(cfg: ModelConfig) -> str | None:
@@ -121,19 +160,39 @@ def attention_impl(cfg: ModelConfig, packed: bool) -> str:
     return "sdpa" if cfg.attention == "auto" else cfg.attention
 
 
-def load_base_model(cfg: ModelConfig, device: torch.device, packed: bool = True) -> Any:
-    """A causal LM, NF4-quantised with double quantisation unless ``quantization: none``."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+def load_base_model(cfg: ModelConfig, device: torch.device, packed: bool = True, progress: bool = False) -> Any:
+    """A causal LM, NF4-quantised with double quantisation unless ``quantization: none``.
+
+    A multimodal checkpoint (MedGemma) loads as its language model alone with ``text_only``, else
+    whole with NF4 on the language model only (:mod:`medslm.multimodal`). ``progress`` shows
+    transformers' loading bars (only on a terminal)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+
+    from medslm import multimodal
+    from medslm.console import quiet_hf_progress
 
     path = resolve_model_path(cfg)
     dtype = compute_dtype(cfg, device)
+    attn = attention_impl(cfg, packed)
     kwargs: dict[str, Any] = {
         "dtype": dtype,
-        "attn_implementation": attention_impl(cfg, packed),
+        "attn_implementation": attn,
         "trust_remote_code": cfg.trust_remote_code,
         "use_safetensors": True,
         "device_map": {"": device},
     }
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.name_or_path: cannot read the config of {path!r}: {exc}") from None
+    layout = multimodal.CAUSAL
+    if multimodal.is_multimodal(config):
+        layout = multimodal.shipped_layout(config, cfg.text_only)
+        if cfg.text_only:
+            kwargs.update(multimodal.text_only_kwargs(config, path))
+            kwargs["output_loading_info"] = True
+        else:  # the vision tower is never run on text: keep it out of the packed-attention path
+            kwargs["attn_implementation"] = {"text_config": attn, "vision_config": "sdpa", "": "sdpa"}
     if cfg.quantization == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -141,16 +200,22 @@ def load_base_model(cfg: ModelConfig, device: torch.device, packed: bool = True)
             bnb_4bit_use_double_quant=cfg.double_quant,
             bnb_4bit_compute_dtype=dtype,
             bnb_4bit_quant_storage=torch.uint8,
+            llm_int8_skip_modules=multimodal.full_quantization_skips(layout) if layout.kind == "full" else None,
         )
     # bitsandbytes logs that an optional CPU kernel package is absent, then uses its own kernel
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_hf_progress(not progress), _quiet_load_report(layout.kind == "text_only"):
         warnings.filterwarnings("ignore", message=".*is deprecated.*", category=FutureWarning)
         try:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         except OSError as exc:
             raise UserError(f"model.name_or_path: cannot load {path!r}: {exc}") from None
+    if layout.kind == "text_only":
+        model, info = model
+        multimodal.check_text_weights_loaded(info, path)
+    model.medslm_layout = layout
     model.config.use_cache = False
+    model.config.get_text_config().use_cache = False  # a multimodal config keeps its own in text_config
     for module in model.modules():
         # bitsandbytes repacks NF4 weights in place for its CPU inference kernel the first time an
         # eval-mode forward runs; keep one layout so validation between training steps and the
@@ -162,11 +227,30 @@ def load_base_model(cfg: ModelConfig, device: torch.device, packed: bool = True)
     return model
 
 
+@contextlib.contextmanager
+def _quiet_load_report(on: bool) -> Any:
+    """transformers' load report lists the vision tower's weights as unexpected in a text-only
+    load; that is the point of it (missing weights are checked by medslm instead)."""
+    if not on:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def apply_lora(model: Any, lora: LoraConfigSection, gradient_checkpointing: bool = True) -> Any:
     """Wrap ``model`` with a PEFT LoRA adapter; only adapter weights are trainable."""
     from peft import LoraConfig, get_peft_model
 
-    targets: str | list[str] = "all-linear" if lora.target_modules == ["all-linear"] else list(lora.target_modules)
+    from medslm.multimodal import lora_target_modules
+
+    targets = lora_target_modules(model, lora.target_modules)
     peft_cfg = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,

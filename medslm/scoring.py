@@ -85,9 +85,10 @@ def _right_pad(seqs: list[list[int]], pad: int, device: torch.device) -> tuple[t
 
 
 def _bar(total: int, progress: bool, desc: str, unit: str) -> Any:
-    from tqdm import tqdm
+    """A bar on a terminal, a plain line every tenth of the way in a log (:mod:`medslm.console`)."""
+    from medslm.console import Progress
 
-    return tqdm(total=total, desc=desc, unit=unit, disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    return Progress(total, desc, unit, enabled=progress, every=max(1, total // 10))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -178,11 +178,12 @@ def base_train_config(cfg: SweepConfig) -> TrainConfig:
 
 
 def trial_train_config(base: dict[str, Any], params: dict[str, Any], out: str | Path) -> TrainConfig:
-    """The base config (a ``to_dict`` tree) + this trial's values, its own output_dir, no progress bar."""
+    """The base config (a ``to_dict`` tree) + this trial's values and its own output_dir. Progress
+    follows the base config: a Ray worker's stdout is not a terminal, so it is plain lines."""
     tc = TrainConfig()
     apply_mapping(tc, base, "sweep base config")
     name = trial_name(params)
-    tree: dict[str, Any] = {"train": {"output_dir": str(Path(out).resolve() / name), "progress": False}}
+    tree: dict[str, Any] = {"train": {"output_dir": str(Path(out).resolve() / name)}}
     if "ratio" in params:
         tree["data"] = {"ratio": params["ratio"]}
     else:
@@ -246,7 +247,7 @@ def run_trial(base: dict[str, Any], params: dict[str, Any], out: str, threads: i
     torch.set_num_threads(max(1, threads))
     tc = trial_train_config(base, params, out)
     result = train_entry.main(tc)
-    ev = evaluate(EvalConfig(run=result["output_dir"], progress=False))
+    ev = evaluate(EvalConfig(run=result["output_dir"], progress=tc.train.progress))
     metrics = metrics_of(result, ev)
     metrics["run_dir"] = result["output_dir"]
     return metrics

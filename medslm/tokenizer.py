@@ -200,7 +200,7 @@ def load_tokenizer(name_or_path: str | None = None) -> Any:
 
     The result always has a pad token (the EOS token when the tokenizer defines none). A local path
     that does not exist raises ``FileNotFoundError`` naming it; a hub name that cannot be loaded
-    (e.g. offline) raises ``OSError`` naming it.
+    (offline, not cached) raises ``medslm.cli.UserError`` naming it and the fixes (one line).
     """
     from transformers import AutoTokenizer
 
@@ -215,14 +215,15 @@ def load_tokenizer(name_or_path: str | None = None) -> Any:
         source = str(Path(str(name_or_path)).expanduser())
         tokenizer = _from_local(Path(source))
     else:
-        source = str(name_or_path)
+        from medslm.cli import UserError
+        from medslm.hub import resolve
+
+        source = resolve(str(name_or_path), "tokenizer")  # its cached snapshot, or one error line when unreachable
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
         except OSError as exc:
-            raise OSError(
-                f"could not load tokenizer {source!r}: it is not a local path and loading it from the "
-                f"Hugging Face hub failed ({exc})"
-            ) from exc
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"could not load tokenizer {str(name_or_path)!r} ({source}): {first}") from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"tokenizer {source} has neither a pad token nor an eos token to use for padding")

@@ -15,23 +15,25 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
 
 @dataclass
 class TrainSection:
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    warmup_steps: int = 100
-    epochs: int = 3
+    """The optimisation, checkpoints and logs."""
+
+    lr: float = 2e-4  # AdamW peak learning rate (linear warmup, then cosine decay to 0)
+    weight_decay: float = 0.0  # AdamW weight decay on the adapter
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW beta1, beta2
+    warmup_steps: int = 100  # optimizer steps of linear warmup
+    epochs: int = 3  # passes over the training rows (unless max_steps)
     max_steps: int = 0  # > 0: stop after this many optimizer steps (and schedule over them)
     micro_batch_size: int = 4  # rows per forward pass per rank
-    grad_accum: int = 8
-    max_grad_norm: float = 1.0
-    seed: int = 0
+    grad_accum: int = 8  # micro-batches per optimizer step; global batch = micro_batch_size x grad_accum x ranks
+    max_grad_norm: float = 1.0  # gradient clipping (global L2 norm over the adapter)
+    seed: int = 0  # row order, adapter init and dropout
     save_every: int = 0  # optimizer steps between checkpoints; 0: only at the end
-    keep_checkpoints: int = 2
-    output_dir: str = "runs/tiny"
+    keep_checkpoints: int = 2  # newest checkpoints kept in output_dir/checkpoints
+    output_dir: str = "runs/tiny"  # the run folder: config.yaml, metrics.jsonl, tb/, checkpoints/, adapter/
     resume: str | None = None  # None, "auto" (latest checkpoint in output_dir, if any) or a checkpoint path
-    log_every: int = 1
+    log_every: int = 1  # optimizer steps between metrics records (and progress lines in a log)
     device: str = "auto"  # auto | cpu | cuda
-    progress: bool = True
+    progress: bool = True  # a bar on a terminal, a plain line every log_every steps in a log; false: neither
 
     def validate(self) -> None:
         for key in ("micro_batch_size", "grad_accum", "epochs", "log_every", "keep_checkpoints"):
@@ -50,7 +52,11 @@ class TrainSection:
 
 @dataclass
 class DistributedSection:
+    """Multi-GPU training under torchrun."""
+
     fsdp: bool = True  # FSDP2 over the LoRA adapter only; ignored in a world of one
+    # ranks of the run; train.py writes it to config.yaml, and a value given is checked against torchrun's
+    world_size: int | None = None
 
 
 @dataclass
@@ -74,6 +80,7 @@ RESUME_MUST_MATCH = (
     "model.quantization",
     "model.double_quant",
     "model.embedded_seed",
+    "model.text_only",
     "lora.r",
     "lora.alpha",
     "lora.dropout",

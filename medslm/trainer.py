@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from medslm import console
 from medslm import distributed as D
 from medslm.attention import packed_forward_kwargs
 from medslm.checkpoint import latest_checkpoint, load_checkpoint, save_adapter, save_checkpoint
@@ -36,6 +37,7 @@ from medslm.config import save_config, to_dict
 from medslm.dataset import build_dataset, read_pack, rows_of
 from medslm.metrics import MetricsLogger, PeakMemory
 from medslm.modeling import AdapterPrecision, apply_lora, decoder_layers, embedded_tokenizer_for, load_base_model
+from medslm.multimodal import rename_saved_adapter
 from medslm.packing import PackedCollator, PaddedCollator
 from medslm.tokenizer import load_tokenizer, pad_token_id, tokenizer_fingerprint
 from medslm.train_config import RESUME_MUST_MATCH, TrainConfig
@@ -164,6 +166,9 @@ def build(cfg: TrainConfig, dist: D.DistState) -> Setup:
         if replaced and dist.is_main:
             print(f"data.packed={pack.path}: the pack's data settings replace this config's: {'; '.join(replaced)}")
         cfg.data = pack.data  # config.yaml records what the rows were built with (evaluate.py reads it)
+    warning = console.sample_data_warning(cfg.model.name_or_path, cfg.data)
+    if warning and dist.is_main:
+        console.warn(warning)
     tokenizer = load_tokenizer(cfg.data.tokenizer or embedded_tokenizer_for(cfg.model))
     if pack is not None:
         fp = tokenizer_fingerprint(tokenizer)
@@ -182,7 +187,7 @@ def build(cfg: TrainConfig, dist: D.DistState) -> Setup:
         val_rows = [[e.as_dict() for e in r] for r in rows_of(built.val, built.val_bins)]
         report = built.report
     packed = cfg.data.packing
-    model = load_base_model(cfg.model, dist.device, packed=packed)
+    model = load_base_model(cfg.model, dist.device, packed=packed, progress=dist.is_main and cfg.train.progress and console.interactive())
     vocab = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > vocab:
         raise UserError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has {vocab}")
@@ -238,6 +243,13 @@ def train(cfg: TrainConfig, keep_model: bool = False) -> dict[str, Any]:
 def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool = False) -> dict[str, Any]:
     t_cfg = cfg.train
     out = os.path.abspath(t_cfg.output_dir)
+    recorded = cfg.distributed.world_size
+    if recorded is not None and recorded != dist.world_size:
+        raise UserError(
+            f"distributed.world_size: the config says {recorded} ranks but this run has {dist.world_size}; the global batch "
+            f"(micro_batch_size x grad_accum x ranks) would change: launch {recorded} ranks, or set --distributed.world_size=null"
+        )
+    cfg.distributed.world_size = dist.world_size  # config.yaml records it
     s = build(cfg, dist)
     model = s.model
     params = [p for p in model.parameters() if p.requires_grad]
@@ -278,11 +290,13 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool = False) -> dict[
     row_sup = [supervised_tokens(r) for r in s.rows]
     row_real = [sum(len(ex["input_ids"]) for ex in r) for r in s.rows]
 
-    bar = None
-    if dist.is_main and t_cfg.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+    if dist.is_main:
+        print(console.train_banner(
+            cfg=cfg, model=model, dist=dist, report=s.report, trainable=sum(p.numel() for p in params), n_rows=len(s.rows),
+            n_val_rows=len(s.val_rows), steps_per_epoch=steps_per_epoch, total_steps=total_steps, global_rows=g_rows,
+            output_dir=out, start_step=start_step, resume_path=resume_path,
+        ), flush=True)
+    bar = console.Progress(total_steps, "train", "step", initial=start_step, enabled=dist.is_main and t_cfg.progress, every=t_cfg.log_every)
     fault_step = int(os.environ.get("MEDSLM_FAULT_AT_STEP", "0"))  # tests: SIGKILL after this checkpoint
     last_loss = float("nan")
     val_losses: list[float] = []
@@ -317,6 +331,7 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool = False) -> dict[
         total = D.all_reduce_sum(dist, local_sum)
         last_loss = float(total) / max(1, n_sup)
         dt = time.perf_counter() - t0
+        peak_gb = None
         if step % t_cfg.log_every == 0 or step == total_steps:
             rec = {
                 "epoch": step / steps_per_epoch,
@@ -333,25 +348,24 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool = False) -> dict[
             if nvml is not None:
                 rec["nvml_peak_gb"] = nvml
             logger.log(step, rec)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{n_real / dt:.0f}")
+            peak_gb = rec["peak_mem_gb"]
+        bar.update(1, **_progress_fields(step, steps_per_epoch, last_loss, lr, n_real / dt if dt > 0 else 0.0, peak_gb))
         if step % steps_per_epoch == 0 or step == total_steps:
             vl = validation_loss(s, dist)
             if vl is not None:
                 val_losses.append(vl)
+                bar.note(f"validation loss {vl:.4f} after step {step} (epoch {step / steps_per_epoch:.2f})")
                 logger.log(step, {"epoch": step / steps_per_epoch, "val_loss": vl}, kind="val")
             model.train()
         if (t_cfg.save_every and step % t_cfg.save_every == 0) or step == total_steps:
             _save(s, optimizer, scheduler, step, g_rows, out)
             if fault_step and step == fault_step:
                 os.kill(os.getpid(), signal.SIGKILL)
-    if bar is not None:
-        bar.close()
+    bar.close()
     adapter = D.trainable_state_dict(model)
     adapter_dir = os.path.join(out, "adapter")
     if dist.is_main:
-        save_adapter(model, adapter, adapter_dir)
+        save_adapter(model, adapter, adapter_dir, finish=lambda d: rename_saved_adapter(d, model))
         s.tokenizer.save_pretrained(adapter_dir)
         save_config(cfg, os.path.join(adapter_dir, "medslm_config.yaml"))
     D.barrier(dist)
@@ -370,6 +384,13 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool = False) -> dict[
     if keep_model:
         result["model"], result["tokenizer"] = model, s.tokenizer
     return result
+
+
+def _progress_fields(step: int, steps_per_epoch: int, loss: float, lr: float, tok_s: float, peak_gb: float | None) -> dict[str, str]:
+    fields = {"epoch": f"{step / steps_per_epoch:.2f}", "loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "tok/s": f"{tok_s:,.0f}"}
+    if peak_gb is not None:
+        fields["peak"] = f"{peak_gb:.2f} GB"
+    return fields
 
 
 def _save(s: Setup, optimizer: Any, scheduler: Any, step: int, g_rows: int, out: str) -> None:

@@ -235,6 +235,15 @@ def test_memorised_items_reach_90_percent_through_train_and_evaluate(tmp_path):
     assert base_acc <= 0.5, base_acc
     assert tuned_acc >= 0.9, tuned_acc
     assert tuned["eval"]["model"]["adapter"] == str((run / "adapter").resolve())
+    # the accuracies go to the run's TensorBoard folder too, at its last step, beside the loss
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert "train/loss" in scalars and "eval_all/medqa" in scalars and "eval_all/medqa/step1" in scalars
+    (acc,) = events.Scalars("eval_all/medqa")
+    assert acc.step == 30 and acc.value == pytest.approx(tuned_acc)
     # the run's own data by default: official split -> there is no test split, so ask for train
     own = evaluate(EvalConfig(run=str(run), split="train", out=str(tmp_path / "own"), progress=False))
     assert own["eval"]["n_items"] == 16 and own["eval"]["benchmarks"]["medqa"]["accuracy"] >= 0.9

@@ -129,3 +129,18 @@ def test_mixed_scoring_methods_warn(tmp_path, capsys):
     b = _write_eval(tmp_path / "b", c, scoring="option_text")
     res = compare(CompareConfig(eval_dirs=[str(a), str(b)], out=str(tmp_path / "c.json"), n_resamples=2000))
     assert "scoring" in res["warning"] and "warning" in capsys.readouterr().out
+
+
+def test_compare_writes_beside_the_base_eval_not_into_the_current_folder(tmp_path, monkeypatch):
+    import evaluate as evaluate_cli
+
+    base = _write_eval(tmp_path / "runs" / "r5-5" / "eval", _correct(0, 0.8))
+    other = _write_eval(tmp_path / "runs" / "r10-3" / "eval", _correct(1, 0.8))
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    evaluate_cli.main(evaluate_cli.parse_args(["compare", str(base), str(other), "--resamples", "2000"]))
+    assert (base / "compare.json").is_file() and (base / "compare.md").is_file()
+    assert list(cwd.iterdir()) == []
+    evaluate_cli.main(evaluate_cli.parse_args(["compare", str(base), str(other), "--resamples", "2000", "--out", str(tmp_path / "c.json")]))
+    assert (tmp_path / "c.json").is_file()

@@ -61,3 +61,33 @@ def test_pack_overlong_policies(tmp_path):
     assert res.returncode == 0, res.stderr
     report = json.loads((tmp_path / "b" / "packing_report.json").read_text())
     assert report["overlong"]["truncated"] > 0 and report["max_tokens_per_sample"] <= 150
+
+
+def test_every_pack_flag_has_help_text():
+    sys.path.insert(0, str(REPO))
+    from pack import build_parser
+
+    actions = [a for a in build_parser()._actions if a.dest != "help"]
+    assert len(actions) == 16
+    assert [a.option_strings[0] for a in actions if not (a.help or "").strip()] == []
+
+
+def test_pack_steps_per_epoch_use_the_train_configs_global_batch(tmp_path):
+    """--config + --world-size: the global batch train.py will use (micro_batch_size x grad_accum x
+    ranks), said in the output; without them the assumption is named."""
+    import math
+
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())["train"]
+    rows = cfg["micro_batch_size"] * cfg["grad_accum"] * 2
+    res = _pack("--out", str(tmp_path / "a"), "--max-seq-len", "512", "--config", "configs/tiny.yaml", "--world-size", "2")
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "a" / "packing_report.json").read_text())
+    assert report["global_batch_rows"] == rows
+    assert report["steps_per_epoch_packed"] == math.ceil(report["num_rows"] / rows)
+    assert f"at {rows} rows/step (configs/tiny.yaml: {cfg['micro_batch_size']} x grad_accum {cfg['grad_accum']} x 2 ranks)" in res.stdout
+    res = _pack("--out", str(tmp_path / "b"), "--max-seq-len", "512")
+    assert res.returncode == 0 and "at 128 rows/step (assumed: the paper's 4 GPUs x 4 rows x grad_accum 8)" in res.stdout
+    res = _pack("--out", str(tmp_path / "c"), "--world-size", "2")
+    assert res.returncode == 2 and "--world-size needs --config" in res.stderr

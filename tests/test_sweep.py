@@ -35,7 +35,7 @@ def test_default_grid_is_the_papers_3x3(tmp_path):
     for name, params, tc in trials:
         assert (tc.lora.r, tc.lora.alpha) == (params["r"], params["alpha"])
         assert tc.train.output_dir == str(tmp_path.resolve() / name)
-        assert tc.train.progress is False
+        assert tc.train.progress is True  # as in the base config: plain lines in the Ray worker's log
     assert param_grid(cfg) == {"r": [8, 16, 32], "alpha": [32, 64, 128]}
 
 

@@ -88,6 +88,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert not (tmp_path / "cut" / "adapter").exists()
     resumed = _run_cli([*common, f"--train.output_dir={tmp_path / 'cut'}", "--train.resume=auto"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed     from step 4 (" in resumed.stdout and "resumed" not in full.stdout  # the banner says so
     a, b = _losses(tmp_path / "full"), _losses(tmp_path / "cut")
     assert sorted(b) == [1, 2, 3, 4, 5, 6]
     for step in (5, 6):
@@ -104,6 +105,11 @@ def test_two_ranks_equal_one_rank_with_twice_the_accumulation(tmp_path, fsdp, dt
     two = _run_cli([*common, "--train.grad_accum=1", f"--train.output_dir={tmp_path / 'two'}"], nproc=2)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("done: 5 steps") == 1  # rank 0 reports, not every rank
+    assert two.stdout.count("medslm train") == 1 and "world size 2" in two.stdout  # one banner, from rank 0
+    assert f"FSDP2 adapter sharding {'on' if fsdp == 'true' else 'off'}" in two.stdout
+    import yaml
+
+    assert yaml.safe_load((tmp_path / "two" / "config.yaml").read_text())["distributed"]["world_size"] == 2
     a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5]
     for step in a:
