@@ -3,6 +3,8 @@
     python bench/memory.py                 # CPU: a 220M-parameter Llama (weights dominate), 2 steps each
     python bench/memory.py --shape medgemma-4b --seq-len 2048 --micro-batch 4 --batch packed --modes qlora,lora_bf16
     python bench/memory.py --shape medgemma-4b --layers 4 ...   # the same width with fewer layers
+    python bench/memory.py --count                                  # MedGemma 4B's parts, counted from its real config
+    python bench/memory.py --shape medgemma-4b-mm --layers 2 --modes qlora,qlora_full   # what text_only saves
 
 Each mode runs in its own subprocess (a fresh allocator). Figures per mode:
 - ``state_gb``: live tensor bytes after the second optimizer step: parameters (NF4 storage and its
@@ -18,6 +20,16 @@ Each mode runs in its own subprocess (a fresh allocator). Figures per mode:
   counts what ``torch.cuda.max_memory_allocated`` counts, minus the caching allocator's rounding
   and any scratch memory a kernel frees before it returns: on a CPU it estimates the VRAM the same
   step would take on a GPU.
+
+``--shape medgemma-4b-mm`` is the checkpoint as it ships: a ``Gemma3ForConditionalGeneration``
+with MedGemma 4B's SigLIP so400m vision tower (27 layers, hidden 1152, MLP 4304, 896 px in
+14 px patches) and projector around the same text tower. Its modes load it the way medslm does:
+``qlora`` text-only (``model.text_only: true``: the language model and its head only),
+``qlora_full`` the whole model (NF4 on the language model, the vision tower and projector kept
+in bf16, frozen, without adapter). ``--count`` builds the real config on the meta device (no
+weights) and counts each part's parameters and bytes in bf16 and in bitsandbytes' NF4 (double
+quantisation; measured by quantising each distinct weight shape once), and the LoRA r16
+parameters ``all-linear`` would put on each part.
 
 Modes: ``qlora`` (NF4 base, LoRA computed in bf16 from fp32 weights: medslm's default),
 ``qlora_peft_fp32`` (the same with PEFT's default fp32 adapter path, ``model.lora_compute_dtype:
@@ -51,12 +63,24 @@ SHAPES = {
     "cpu-220m": dict(arch="llama", hidden_size=1024, intermediate_size=2816, num_hidden_layers=12, num_attention_heads=16, num_key_value_heads=4, vocab_size=32000),
     # MedGemma 4B's text tower (Gemma 3 4B): 34 layers, hidden 2560, 8 heads / 4 KV heads, 262k vocab
     "medgemma-4b": dict(arch="gemma3", hidden_size=2560, intermediate_size=10240, num_hidden_layers=34, num_attention_heads=8, num_key_value_heads=4, head_dim=256, vocab_size=262208),
+    # the checkpoint as it ships: the same text tower inside Gemma3ForConditionalGeneration, with
+    # MedGemma 4B's SigLIP so400m vision tower (896 px, 14 px patches) and projector
+    "medgemma-4b-mm": dict(arch="gemma3-mm", hidden_size=2560, intermediate_size=10240, num_hidden_layers=34, num_attention_heads=8, num_key_value_heads=4, head_dim=256, vocab_size=262208),
 }
+SIGLIP_SO400M_896 = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, image_size=896, patch_size=14, vision_use_head=False)
+
+
+def gemma3_mm_config(spec: dict):
+    from transformers import Gemma3Config
+
+    text = dict(spec, max_position_embeddings=4096, sliding_window=1024, query_pre_attn_scalar=256)
+    return Gemma3Config(text_config=text, vision_config=dict(SIGLIP_SO400M_896), mm_tokens_per_image=256,
+                        boi_token_index=255_999, eoi_token_index=256_000, image_token_index=262_144)
 
 
 def make_model_dir(shape: str, out: Path, layers: int | None = None) -> Path:
     import torch
-    from transformers import Gemma3TextConfig, Gemma3ForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import Gemma3ForCausalLM, Gemma3ForConditionalGeneration, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
     spec = dict(SHAPES[shape])
     arch = spec.pop("arch")
@@ -65,6 +89,9 @@ def make_model_dir(shape: str, out: Path, layers: int | None = None) -> Path:
     if arch == "llama":
         cfg = LlamaConfig(**spec, max_position_embeddings=4096, tie_word_embeddings=False)
         cls = LlamaForCausalLM
+    elif arch == "gemma3-mm":
+        cfg = gemma3_mm_config(spec)
+        cls = Gemma3ForConditionalGeneration
     else:
         cfg = Gemma3TextConfig(**spec, max_position_embeddings=4096, sliding_window=1024, query_pre_attn_scalar=256)
         cls = Gemma3ForCausalLM
@@ -75,7 +102,7 @@ def make_model_dir(shape: str, out: Path, layers: int | None = None) -> Path:
     model.tie_weights()  # to_empty gives every parameter its own storage; Gemma 3 ties lm_head
     for name, p in model.named_parameters():
         if "norm" in name:
-            torch.nn.init.zeros_(p) if arch == "gemma3" else torch.nn.init.ones_(p)  # Gemma: 1 + w
+            torch.nn.init.zeros_(p) if arch.startswith("gemma3") else torch.nn.init.ones_(p)  # Gemma: 1 + w
         else:
             torch.nn.init.normal_(p, std=0.02)
     model.save_pretrained(out, safe_serialization=True)
@@ -207,11 +234,12 @@ def run_mode(mode: str, model_dir: str, seq_len: int, micro_batch: int, batch_ki
     mcfg = ModelConfig(
         name_or_path=model_dir,
         quantization="nf4" if mode.startswith("qlora") else "none",
+        text_only=not mode.endswith("_full"),  # multimodal shapes: the language model alone, or the whole checkpoint
         compute_dtype="bfloat16",
         attention="packed" if batch_kind == "packed" else "sdpa",
         gradient_checkpointing=True,
         # full fine-tuning has no adapter: "float32" makes AdapterPrecision a no-op for it
-        lora_compute_dtype="float32" if mode.endswith("_peft_fp32") or mode == "full" else "auto",
+        lora_compute_dtype="float32" if "_peft_fp32" in mode or mode == "full" else "auto",
     )
     packed = batch_kind == "packed"
     model = load_base_model(mcfg, device, packed=packed)
@@ -284,6 +312,61 @@ def run_mode(mode: str, model_dir: str, seq_len: int, micro_batch: int, batch_ki
     }
 
 
+def nf4_bytes(shape: tuple[int, int]) -> int:
+    """Bytes bitsandbytes keeps for one NF4 weight (blocks of 64, double quantisation): measured."""
+    import bitsandbytes.functional as bnbf
+    import torch
+
+    w = torch.zeros(shape, dtype=torch.bfloat16)
+    packed, qs = bnbf.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
+    parts = [packed, qs.absmax, qs.code, qs.offset, qs.state2.absmax, qs.state2.code]
+    return sum(t.numel() * t.element_size() for t in parts if isinstance(t, torch.Tensor))
+
+
+def count_parts(shape: str = "medgemma-4b-mm", lora_r: int = 16) -> dict:
+    """Parameters and bytes of each part of the real config (meta device: no weights are made)."""
+    import torch
+    from transformers import Gemma3ForConditionalGeneration
+
+    spec = dict(SHAPES[shape])
+    spec.pop("arch")
+    with torch.device("meta"):
+        model = Gemma3ForConditionalGeneration(gemma3_mm_config(spec))
+    sizes: dict[tuple[int, int], int] = {}
+    parts: dict[str, dict] = {}
+    for prefix in ("model.vision_tower", "model.multi_modal_projector", "model.language_model"):
+        module = model.get_submodule(prefix)
+        linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+        n = sum(p.numel() for p in module.parameters())
+        n_lin = sum(m.weight.numel() for m in linears)
+        nf4 = 0
+        for m in linears:
+            key = tuple(m.weight.shape)
+            if key not in sizes:
+                sizes[key] = nf4_bytes(key)
+            nf4 += sizes[key]
+        parts[prefix.split(".")[-1]] = {
+            "params": n,
+            "linear_params": n_lin,
+            "bf16_gb": 2 * n / 1e9,
+            "nf4_gb": (nf4 + 2 * (n - n_lin)) / 1e9,  # linear weights in NF4, the rest (embeddings, norms, biases) bf16
+            "lora_params": sum(lora_r * (m.in_features + m.out_features) for m in linears),
+        }
+    lora_all = sum(p["lora_params"] for p in parts.values())
+    for p in parts.values():
+        p["lora_share"] = p["lora_params"] / lora_all
+    return parts
+
+
+def print_count(shape: str) -> None:
+    parts = count_parts(shape)
+    print(f"{'part':22} {'params':>14} {'bf16 GB':>8} {'NF4 GB':>7} {'LoRA r16 (all-linear)':>22} {'share':>6}")
+    for name, p in parts.items():
+        print(f"{name:22} {p['params']:14,d} {p['bf16_gb']:8.3f} {p['nf4_gb']:7.3f} {p['lora_params']:22,d} {p['lora_share']:6.1%}")
+    print(json.dumps({"shape": shape, **{f"{k}_{f}": round(v[f], 4) if isinstance(v[f], float) else v[f]
+                                         for k, v in parts.items() for f in ("params", "bf16_gb", "nf4_gb", "lora_params", "lora_share")}}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="cpu-220m")
@@ -292,9 +375,13 @@ def main() -> None:
     ap.add_argument("--modes", default="qlora,lora_bf16,full")
     ap.add_argument("--layers", type=int, help="override the shape's number of decoder layers")
     ap.add_argument("--batch", choices=["padded", "packed"], default="padded")
+    ap.add_argument("--count", action="store_true", help="count the parts of the real MedGemma 4B config (no weights, no steps)")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     ap.add_argument("--_model-dir", dest="model_dir", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.count:
+        print_count("medgemma-4b-mm")
+        return
     if a._child:
         print(json.dumps(run_mode(a._child, a.model_dir, a.seq_len, a.micro_batch, a.batch)))
         return
@@ -327,6 +414,9 @@ def main() -> None:
                 if m != base and not (base == "lora_bf16" and m == "full"):
                     for k in ("state", "peak", "live_peak"):
                         out[f"{m}_vs_{base}_{k}"] = round(results[m][f"{k}_gb"] / results[base][f"{k}_gb"], 4)
+    if "qlora" in results and "qlora_full" in results:  # what model.text_only saves on a multimodal checkpoint
+        for k in ("state_gb", "live_peak_gb"):
+            out[f"text_only_saves_{k}"] = round(results["qlora_full"][k] - results["qlora"][k], 4)
     if "qlora" in results and "qlora_peft_fp32" in results:  # the adapter in bf16 vs PEFT's fp32 path
         for k in ("live_peak_gb", "tokens_per_s"):
             out[f"qlora_vs_qlora_peft_fp32_{k[:-3] if k.endswith('_gb') else k}"] = round(results["qlora"][k] / results["qlora_peft_fp32"][k], 4)
