@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 
 import pandas as pd
 import pytest
@@ -287,3 +288,23 @@ def test_the_mix_and_splits_depend_on_content_and_seed_only(tmp_path):
     other = mix_by_ratio(split_items(load_items("medqa", [en_files[0]]) + load_items("kormedmcqa", [tmp_path / "train.csv"])).splits["train"], (5, 5), seed=4)
     assert sorted(content_key(it) for it in other.items) != sorted(first)
 
+
+def test_build_dataset_from_a_shuffled_copy_gives_the_same_rows_and_manifest(tmp_path):
+    from medslm.tokenizer import load_tokenizer
+
+    formats = _kormed_formats(tmp_path)
+    en = write_jsonl(tmp_path / "en" / "train.jsonl", [medqa_row(i) for i in range(20)])
+    tok = load_tokenizer(None)
+    built = {
+        name: build_dataset(DataConfig(medqa=[str(en)], kormedmcqa=[str(formats[name])], ratio="5:5", max_seq_len=256), tok)
+        for name in ("csv", "shuffled csv")
+    }
+    a, b = built["csv"], built["shuffled csv"]
+    assert [e.input_ids for e in a.train] == [e.input_ids for e in b.train] and a.train_bins == b.train_bins
+    assert [(m["id"], m["split"], m["content"]) for m in a.manifest] == [(m["id"], m["split"], m["content"]) for m in b.manifest]
+    train = [m for m in a.manifest if m["split"] == "train"]
+    assert sum(m["copies"] for m in train) == a.report["num_samples"] == len(a.train)
+    assert Counter(m["language"] for m in train) == a.report["per_language"]
+    assert sum(m["split"] == "val" for m in a.manifest) == a.report["val_samples"]
+    assert sum(m["split"] == "test" for m in a.manifest) == a.report["test_items"]
+    assert {m["subject"] for m in train if m["dataset"] == "kormedmcqa"} == {"doctor", "nurse", "pharm", "dentist"}
