@@ -218,27 +218,3 @@ def test_pack_disk_full_or_a_foreign_out_folder_is_one_line_and_keeps_the_old_pa
         assert exc.value.code == 2 and err.startswith(f"error: {target}: ") and says in err and "\n" not in err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
-
-def test_a_run_folder_records_the_manifest_of_what_it_trained_on(tmp_path):
-    """train.py writes mix_manifest.jsonl into the run folder: the pack's with --data.packed, the
-    same one when it builds the data itself."""
-    import copy
-
-    from medslm.config import parse_config
-    from medslm.trainer import train
-    from medslm.train_config import DEFAULT_CONFIG, TrainConfig
-
-    def cfg(name: str, *extra: str) -> TrainConfig:
-        return parse_config(TrainConfig, ["--train.max_steps=1", "--train.progress=false", "--model.quantization=none",
-                                          f"--train.output_dir={tmp_path / name}", *extra], default_file=DEFAULT_CONFIG)
-
-    import pack
-
-    direct = cfg("direct")
-    pack.main(pack.PackConfig(data=copy.deepcopy(direct.data), out=str(tmp_path / "p")))
-    train(direct)
-    train(cfg("packed", f"--data.packed={tmp_path / 'p'}"))
-    want = (tmp_path / "p" / "mix_manifest.jsonl").read_text(encoding="utf-8")
-    assert want.count("\n") > 100
-    assert (tmp_path / "direct" / "mix_manifest.jsonl").read_text(encoding="utf-8") == want
-    assert (tmp_path / "packed" / "mix_manifest.jsonl").read_text(encoding="utf-8") == want
