@@ -28,6 +28,8 @@ import torch
 from medslm.cli import UserError
 from medslm.config import ConfigError, load_saved_config
 from medslm.dataset import DataConfig, load_and_split
+from medslm.files import check_json_files, check_safetensors, json_line, writing
+from medslm.prompts import encode_prompt, fit_prompt, format_prompt
 from medslm.records import LETTERS, MCQItem
 from medslm.scoring import SCORERS
 from medslm.stats import accuracy_summary
@@ -55,12 +57,20 @@ class EvalConfig:
     quantization: Literal["nf4", "none"] | None = None  # None: the run's, or nf4 for --model
     tokenizer: str | None = None  # --model only; None: the model's own (embedded: the embedded one)
     progress: bool = True
+    max_seq_len: int | None = None  # prompt + answer tokens; None: the run's data.max_seq_len (default 2048)
+    overlong: Literal["error", "truncate", "drop"] | None = None  # None: the run's data.overlong (default error)
 
     def validate(self) -> None:
         if (self.run is None) == (self.model is None):
             raise ConfigError("give exactly one of --run RUN_DIR or --model NAME_OR_PATH")
         if self.batch_size < 1 or self.max_batch_tokens < 1 or self.max_items < 0:
-            raise ConfigError("--batch-size and --max-batch-tokens must be >= 1, --max-items >= 0")
+            raise ConfigError(
+                f"--batch-size ({self.batch_size}) and --max-batch-tokens ({self.max_batch_tokens}) must be >= 1, "
+                f"--max-items ({self.max_items}) >= 0"
+            )
+        if self.max_seq_len is not None and self.max_seq_len < 16:
+            raise ConfigError(f"--max-seq-len must be at least 16, got {self.max_seq_len}")
+        resolve_device(self.device)  # spelling, and that such a device exists here
         if self.tokenizer is not None and self.run is not None:
             raise ConfigError("--tokenizer is for --model; a run's tokenizer is saved in RUN/adapter")
 
@@ -80,6 +90,9 @@ def check_run_dir(run: str | Path) -> Path:
     adapter = p / "adapter"
     if not (adapter / "adapter_config.json").is_file() or not any(adapter.glob("adapter_model.*")):
         raise UserError(f"--run {run}: no trained adapter in {adapter} (did training finish?)")
+    check_json_files(adapter)  # a truncated adapter or tokenizer file is named, not a library traceback
+    for weights in adapter.glob("*.safetensors"):
+        check_safetensors(weights)
     return p
 
 
@@ -89,12 +102,22 @@ def load_run_config(run: str | Path) -> Any:
     return load_saved_config(TrainConfig, check_run_dir(run) / "config.yaml")
 
 
+def check_device(name: str) -> None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (spelling only; :func:`resolve_device` checks the GPU)."""
+    if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()):
+        return
+    raise ConfigError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
+
+
 def resolve_device(name: str) -> torch.device:
+    check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s) (0..{torch.cuda.device_count() - 1})")
     return dev
 
 
@@ -225,6 +248,29 @@ def format_table(benchmarks: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def fit_prompts(items: list[MCQItem], tokenizer: Any, scoring: str, max_seq_len: int, overlong: str) -> tuple[list[MCQItem], list[list[int]], dict[str, Any]]:
+    """Training's length limit and overlong policy applied to evaluation: (kept items, their prompt
+    ids, counts). The prompt plus the longest continuation scored (the answer letter + EOS, as in
+    training; or `` X. option text``) must fit ``max_seq_len``."""
+    eos = 1 if getattr(tokenizer, "eos_token_id", None) is not None else 0
+    letter_len = max(len(tokenizer(f" {x}", add_special_tokens=False)["input_ids"]) for x in LETTERS) + eos
+    bos = getattr(tokenizer, "bos_token_id", None)
+    kept, prompts, truncated = [], [], 0
+    for it in items:
+        if scoring == "option_text":
+            reserve = max(len(tokenizer(f" {LETTERS[k]}. {t}", add_special_tokens=False)["input_ids"]) for k, t in enumerate(it.options))
+        else:
+            reserve = letter_len
+        ids, cut = fit_prompt(it, encode_prompt(tokenizer, format_prompt(it)), reserve, max_seq_len, overlong, bos)  # type: ignore[arg-type]
+        if ids is None:
+            continue
+        kept.append(it)
+        prompts.append(ids)
+        truncated += int(cut)
+    counts = {"max_seq_len": max_seq_len, "policy": overlong, "truncated": truncated, "dropped": len(items) - len(kept)}
+    return kept, prompts, counts
+
+
 def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -246,14 +292,21 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     run_cfg = load_run_config(cfg.run) if cfg.run else None
     items, data_desc = select_items(cfg, run_cfg)
+    out = default_out(cfg)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)  # a file or unwritable place fails before the model loads
     model, tokenizer, model_info = load_for_eval(cfg, run_cfg)
+    data_cfg = run_cfg.data if run_cfg is not None else DataConfig()
+    items, prompts, overlong = fit_prompts(
+        items, tokenizer, cfg.scoring, cfg.max_seq_len or data_cfg.max_seq_len, cfg.overlong or data_cfg.overlong
+    )
+    if not items:
+        raise UserError(f"no items left to evaluate: all {overlong['dropped']} are longer than max_seq_len={overlong['max_seq_len']}")
     t0 = time.perf_counter()
-    scores = SCORERS[cfg.scoring](model, tokenizer, items, cfg.batch_size, cfg.max_batch_tokens, cfg.progress)
+    scores = SCORERS[cfg.scoring](model, tokenizer, items, cfg.batch_size, cfg.max_batch_tokens, cfg.progress, prompts=prompts)
     scoring_s = time.perf_counter() - t0
     preds = predictions(items, scores)
     benchmarks = summarise(preds)
-    out = default_out(cfg)
-    out.mkdir(parents=True, exist_ok=True)
     result = {
         "model": model_info,
         "template": TEMPLATE,
@@ -261,14 +314,16 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "data": data_desc,
         "split": data_desc["split"],
         "n_items": len(items),
+        "overlong": overlong,
         "benchmarks": benchmarks,
         "elapsed_s": time.perf_counter() - t_start,
         "scoring_s": scoring_s,
         "items_per_s": len(items) / scoring_s if scoring_s > 0 else None,
         "config": asdict(cfg),
     }
-    _write_text(out / "predictions.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds))
-    _write_text(out / "eval.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    with writing(out):
+        _write_text(out / "predictions.jsonl", "".join(json_line(p) for p in preds))
+        _write_text(out / "eval.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     print(format_table(benchmarks))
     print(f"{len(items)} items, {cfg.scoring} scoring, {scoring_s:.1f}s; wrote {out / 'eval.json'}")
     return {"out_dir": str(out), "eval": result, "predictions": preds}
@@ -276,9 +331,11 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
 __all__ = [
     "EvalConfig",
+    "check_device",
     "check_run_dir",
     "default_out",
     "evaluate",
+    "fit_prompts",
     "format_table",
     "load_for_eval",
     "load_run_config",

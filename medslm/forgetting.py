@@ -65,6 +65,8 @@ def read_predictions(eval_dir: str | Path) -> dict[str, dict[str, Any]]:
                 rec[k]  # noqa: B018  presence check
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise UserError(f"{path}:line {lineno}: not a prediction record ({exc})") from None
+        if not isinstance(rec["correct"], bool):  # the string "false" would count as correct
+            raise UserError(f"{path}:line {lineno}: field 'correct' must be true or false, got {rec['correct']!r}")
         if key in records:
             raise UserError(f"{path}:line {lineno}: duplicate item id {key!r}")
         records[key] = rec

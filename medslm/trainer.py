@@ -14,7 +14,6 @@ tokens per example, so the [tokens x vocab] logits tensor — 8.6 GB at 4 x 2048
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -33,7 +32,8 @@ from medslm.attention import packed_forward_kwargs
 from medslm.checkpoint import latest_checkpoint, load_checkpoint, save_adapter, save_checkpoint
 from medslm.cli import UserError
 from medslm.config import save_config, to_dict
-from medslm.dataset import build_dataset, read_pack, rows_of
+from medslm.dataset import build_dataset, read_pack, rows_of, save_run_data
+from medslm.files import writing
 from medslm.metrics import MetricsLogger, PeakMemory
 from medslm.modeling import AdapterPrecision, apply_lora, decoder_layers, embedded_tokenizer_for, load_base_model
 from medslm.packing import PackedCollator, PaddedCollator
@@ -150,6 +150,7 @@ class Setup:
     pad: int
     report: dict[str, Any]
     precision: AdapterPrecision
+    manifest: list[dict[str, Any]]  # the items trained, validated and tested on (mix_manifest.jsonl)
 
 
 def _null_row(pad_id: int) -> Row:
@@ -175,12 +176,13 @@ def build(cfg: TrainConfig, dist: D.DistState) -> Setup:
             )
         rows, val_rows = pack.rows()
         report = {k: v for k, v in pack.report.items() if k != "config"}
+        manifest = pack.manifest()
     else:
         g = cfg.train.micro_batch_size * cfg.train.grad_accum * dist.world_size
         built = build_dataset(cfg.data, tokenizer, global_batch_rows=g, progress=dist.is_main)
         rows = [[e.as_dict() for e in r] for r in rows_of(built.train, built.train_bins)]
         val_rows = [[e.as_dict() for e in r] for r in rows_of(built.val, built.val_bins)]
-        report = built.report
+        report, manifest = built.report, built.manifest
     packed = cfg.data.packing
     model = load_base_model(cfg.model, dist.device, packed=packed)
     vocab = model.get_input_embeddings().weight.shape[0]
@@ -198,7 +200,7 @@ def build(cfg: TrainConfig, dist: D.DistState) -> Setup:
         padder = PaddedCollator(pad, cfg.data.padding, cfg.data.max_seq_len)
         collate = lambda rs: padder([ex for r in rs for ex in r])  # noqa: E731  one example per row
     precision = AdapterPrecision(model, cfg.model, dist.device)
-    return Setup(cfg, dist, model, tokenizer, rows, val_rows, collate, packed, pad, report, precision)
+    return Setup(cfg, dist, model, tokenizer, rows, val_rows, collate, packed, pad, report, precision, manifest)
 
 
 def _check_resume(cfg: TrainConfig, saved_yaml: str, saved_state: dict, dist: D.DistState) -> None:
@@ -224,7 +226,8 @@ def train(cfg: TrainConfig, keep_model: bool = False) -> dict[str, Any]:
     cfg.validate()
     dist = D.init_distributed(cfg.train.device)
     try:
-        return _run(cfg, dist, keep_model)
+        with writing(cfg.train.output_dir, disk_full_only=True):  # a full disk is named, whatever wrote
+            return _run(cfg, dist, keep_model)
     except torch.cuda.OutOfMemoryError:
         raise UserError(
             f"CUDA out of memory at train.micro_batch_size={cfg.train.micro_batch_size}, data.max_seq_len="
@@ -267,8 +270,7 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool = False) -> dict[
 
     if dist.is_main:
         save_config(cfg, os.path.join(out, "config.yaml"))
-        with open(os.path.join(out, "packing_report.json"), "w", encoding="utf-8") as f:
-            json.dump(s.report, f, indent=2, ensure_ascii=False)
+        save_run_data(out, s.report, s.manifest)
     logger = MetricsLogger(out, enabled=dist.is_main, resume_step=start_step)
     mem = PeakMemory(dist.device)
     if start_step == 0:

@@ -195,6 +195,11 @@ def test_training_from_a_pack_folder_equals_training_from_the_data(tmp_path):
     saved = yaml.safe_load((tmp_path / "p" / "run" / "config.yaml").read_text())
     assert saved["data"]["packed"] == str(pack)
     assert saved["data"]["ratio"] == "10:3" and saved["data"]["max_seq_len"] == 384
+    # both run folders record what they trained on: the pack's manifest, item for item
+    manifest = (pack / "mix_manifest.jsonl").read_text(encoding="utf-8")
+    assert manifest.count("\n") > 100
+    for run in ("d", "p"):
+        assert (tmp_path / run / "run" / "mix_manifest.jsonl").read_text(encoding="utf-8") == manifest
 
 
 def test_a_pack_from_another_tokenizer_or_no_pack_is_refused(tmp_path):
