@@ -7,9 +7,10 @@ answer with a letter), then write
 
 - ``OUT/eval.json``: model/adapter, template, scoring, data and split, item count, timings, and per
   benchmark accuracy, n, correct and the Wilson 95% interval, also per subject (KorMedMCQA:
-  doctor/nurse/pharm/dentist; MedQA: ``meta_info``, or ``usmle`` when absent);
-- ``OUT/predictions.jsonl``: one line per item: id, benchmark, subject, language, gold, predicted,
-  correct, scores (one per option, in option order; higher is better).
+  doctor/nurse/pharm/dentist; MedQA: ``meta_info``, or ``usmle`` when absent) and per domain
+  (:mod:`medslm.domains`: ``medical_law`` by keyword rules, else the subject);
+- ``OUT/predictions.jsonl``: one line per item: id, benchmark, subject, domain, language, gold,
+  predicted, correct, scores (one per option, in option order; higher is better).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from medslm.cli import UserError
 from medslm.config import ConfigError, load_saved_config
 from medslm.dataset import DataConfig, load_and_split
+from medslm.domains import DomainRules, load_rules
 from medslm.records import LETTERS, MCQItem
 from medslm.scoring import SCORERS
 from medslm.stats import accuracy_summary
@@ -54,6 +56,7 @@ class EvalConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     quantization: Literal["nf4", "none"] | None = None  # None: the run's, or nf4 for --model
     tokenizer: str | None = None  # --model only; None: the model's own (embedded: the embedded one)
+    domain_rules: str | None = None  # topic rules file (None: medslm/assets/domain_rules.yaml)
     progress: bool = True
 
     def validate(self) -> None:
@@ -183,8 +186,10 @@ def select_items(cfg: EvalConfig, run_cfg: Any = None) -> tuple[list[MCQItem], d
 # ---------------------------------------------------------------------------------------------
 
 
-def predictions(items: Sequence[MCQItem], scores: Sequence[Sequence[float]]) -> list[dict[str, Any]]:
-    """One record per item; ties go to the first option (deterministic)."""
+def predictions(items: Sequence[MCQItem], scores: Sequence[Sequence[float]], rules: DomainRules | None = None) -> list[dict[str, Any]]:
+    """One record per item; ties go to the first option (deterministic). ``rules``: the domain
+    tagger (None: the shipped rules)."""
+    rules = rules or load_rules()
     out = []
     for it, sc in zip(items, scores):
         pred = max(range(len(sc)), key=lambda k: (sc[k], -k))
@@ -193,6 +198,7 @@ def predictions(items: Sequence[MCQItem], scores: Sequence[Sequence[float]]) -> 
                 "id": it.id,
                 "benchmark": it.benchmark,
                 "subject": it.subject,
+                "domain": rules.tag(it),
                 "language": it.language,
                 "gold": LETTERS[it.answer],
                 "predicted": LETTERS[pred],
@@ -204,13 +210,16 @@ def predictions(items: Sequence[MCQItem], scores: Sequence[Sequence[float]]) -> 
 
 
 def summarise(preds: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per benchmark: accuracy, n, Wilson 95% CI, and the same per subject."""
+    """Per benchmark: accuracy, n, Wilson 95% CI, and the same per subject and per domain."""
     out: dict[str, Any] = {}
     for bench in sorted({p["benchmark"] for p in preds}):
         rows = [p for p in preds if p["benchmark"] == bench]
         summ = accuracy_summary([p["correct"] for p in rows])
         subjects = sorted({p["subject"] for p in rows})
         summ["subjects"] = {s: accuracy_summary([p["correct"] for p in rows if p["subject"] == s]) for s in subjects}
+        if all("domain" in p for p in rows):
+            domains = sorted({p["domain"] for p in rows})
+            summ["domains"] = {d: accuracy_summary([p["correct"] for p in rows if p["domain"] == d]) for d in domains}
         out[bench] = summ
     return out
 
@@ -219,9 +228,12 @@ def format_table(benchmarks: dict[str, Any]) -> str:
     lines = [f"{'benchmark':<12} {'subject':<10} {'n':>6} {'accuracy':>9}  95% CI (Wilson)", "-" * 58]
     for bench, s in benchmarks.items():
         rows = [("(all)", s)] + list(s["subjects"].items())
+        if set(s.get("domains", {})) != set(s["subjects"]):  # domains only where the tagger changed something
+            rows += [(f"~{d}", r) for d, r in s["domains"].items()]
         for j, (name, r) in enumerate(rows):
             lo, hi = r["ci95"]
             lines.append(f"{bench if j == 0 else '':<12} {name:<10} {r['n']:>6} {100 * r['accuracy']:>8.1f}%  [{100 * lo:.1f}, {100 * hi:.1f}]")
+    lines.append("(~domain: medslm.domains rules, law first, else the subject)")
     return "\n".join(lines)
 
 
@@ -246,11 +258,12 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     run_cfg = load_run_config(cfg.run) if cfg.run else None
     items, data_desc = select_items(cfg, run_cfg)
+    rules = load_rules(cfg.domain_rules)  # before the model loads: a bad rules file fails fast
     model, tokenizer, model_info = load_for_eval(cfg, run_cfg)
     t0 = time.perf_counter()
     scores = SCORERS[cfg.scoring](model, tokenizer, items, cfg.batch_size, cfg.max_batch_tokens, cfg.progress)
     scoring_s = time.perf_counter() - t0
-    preds = predictions(items, scores)
+    preds = predictions(items, scores, rules)
     benchmarks = summarise(preds)
     out = default_out(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -261,6 +274,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "data": data_desc,
         "split": data_desc["split"],
         "n_items": len(items),
+        "domain_rules": rules.describe(),
         "benchmarks": benchmarks,
         "elapsed_s": time.perf_counter() - t_start,
         "scoring_s": scoring_s,
