@@ -114,6 +114,9 @@ def load_for_eval(cfg: EvalConfig, run_cfg: Any = None) -> tuple[Any, Any, dict[
         adapter = check_run_dir(cfg.run) / "adapter"
         has_tok = any((adapter / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
         tok_src: str | None = str(adapter) if has_tok else (run_cfg.data.tokenizer or embedded_tokenizer_for(mcfg))
+    elif run_cfg is not None:  # the base model of a training config, before fine-tuning
+        mcfg = copy.deepcopy(run_cfg.model)
+        tok_src = cfg.tokenizer or run_cfg.data.tokenizer or embedded_tokenizer_for(mcfg)
     else:
         mcfg = ModelConfig(name_or_path=str(cfg.model))
         tok_src = cfg.tokenizer or embedded_tokenizer_for(mcfg)
@@ -252,11 +255,17 @@ def default_out(cfg: EvalConfig) -> Path:
     return Path("runs") / f"eval-{safe}"
 
 
-def evaluate(cfg: EvalConfig) -> dict[str, Any]:
-    """Score every selected item, write OUT/eval.json and OUT/predictions.jsonl, print the table."""
+def evaluate(cfg: EvalConfig, base_of: Any = None) -> dict[str, Any]:
+    """Score every selected item, write OUT/eval.json and OUT/predictions.jsonl, print the table.
+
+    ``base_of`` (a TrainConfig, with ``cfg.model`` its model): score that run's base model before
+    fine-tuning -- its model section (quantisation, dtypes, embedded seed) and tokenizer -- on the
+    items its own evaluation would use (its data, split as in training)."""
     cfg.validate()
     t_start = time.perf_counter()
-    run_cfg = load_run_config(cfg.run) if cfg.run else None
+    if base_of is not None and (cfg.run is not None or cfg.model != base_of.model.name_or_path):
+        raise ValueError("evaluate(base_of=...) needs cfg.model == base_of.model.name_or_path and no cfg.run")
+    run_cfg = load_run_config(cfg.run) if cfg.run else base_of
     items, data_desc = select_items(cfg, run_cfg)
     rules = load_rules(cfg.domain_rules)  # before the model loads: a bad rules file fails fast
     model, tokenizer, model_info = load_for_eval(cfg, run_cfg)
