@@ -74,12 +74,15 @@ class EvalConfig:
 
 
 def check_run_dir(run: str | Path) -> Path:
-    """The run folder, after checking it holds config.yaml and a saved adapter."""
+    """The run folder, after checking it holds config.yaml and a saved adapter (or, after full
+    fine-tuning, a saved model in RUN/model)."""
     p = Path(run)
     if not p.is_dir():
         raise UserError(f"--run {run}: no such directory")
     if not (p / "config.yaml").is_file():
         raise UserError(f"--run {run}: no config.yaml (expected the output_dir of train.py)")
+    if (p / "model" / "config.json").is_file() and not (p / "adapter").exists():
+        return p  # lora.enabled: false
     adapter = p / "adapter"
     if not (adapter / "adapter_config.json").is_file() or not any(adapter.glob("adapter_model.*")):
         raise UserError(f"--run {run}: no trained adapter in {adapter} (did training finish?)")
@@ -112,8 +115,11 @@ def load_for_eval(cfg: EvalConfig, run_cfg: Any = None) -> tuple[Any, Any, dict[
         run_cfg = run_cfg if run_cfg is not None else load_run_config(cfg.run)
         mcfg = copy.deepcopy(run_cfg.model)
         adapter = check_run_dir(cfg.run) / "adapter"
-        has_tok = any((adapter / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
-        tok_src: str | None = str(adapter) if has_tok else (run_cfg.data.tokenizer or embedded_tokenizer_for(mcfg))
+        if not run_cfg.lora.enabled:  # full fine-tuning: the trained model itself, no adapter
+            mcfg.name_or_path, adapter = str(Path(cfg.run).resolve() / "model"), None
+        saved = adapter if adapter is not None else Path(mcfg.name_or_path)
+        has_tok = any((saved / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+        tok_src: str | None = str(saved) if has_tok else (run_cfg.data.tokenizer or embedded_tokenizer_for(mcfg))
     elif run_cfg is not None:  # the base model of a training config, before fine-tuning
         mcfg = copy.deepcopy(run_cfg.model)
         tok_src = cfg.tokenizer or run_cfg.data.tokenizer or embedded_tokenizer_for(mcfg)
