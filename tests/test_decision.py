@@ -296,3 +296,28 @@ def test_ratio_sweep_crash_retry_rerun_and_decision_report(tmp_path, monkeypatch
     run_sweep(parse_sweep_args("ratios", [*argv, "--report-only", "--reference", "5:5"], "x"))
     md55 = (out / "report.md").read_text(encoding="utf-8")
     assert "Reference: the 5:5 mix" in md55 and re.search(r"^\| 10:3 \| [+-]\d", md55, re.M)
+
+
+def test_base_trial_scores_the_configs_own_base_model_on_its_test_items(tmp_path):
+    """The reference trial: the trial config's model section (here a non-default embedded seed, no
+    quantisation) on the items the trials are evaluated on, with no adapter."""
+    import torch
+
+    from medslm.config import parse_config
+    from medslm.dataset import load_and_split
+    from medslm.evaluation import EvalConfig, evaluate
+    from medslm.modeling import load_base_model
+    from medslm.scoring import score_letters
+    from medslm.tokenizer import load_tokenizer
+    from medslm.train_config import TrainConfig
+
+    tc = parse_config(TrainConfig, ["--config", TINY, "--model.embedded_seed=3", "--model.quantization=none"])
+    ev = evaluate(EvalConfig(model="embedded", split="test", out=str(tmp_path / "base"), progress=False), base_of=tc)
+    items = load_and_split(tc.data).splits.splits["test"]
+    assert [p["id"] for p in ev["predictions"]] == [it.id for it in items]
+    model = load_base_model(tc.model, torch.device("cpu"), packed=False).eval()
+    want = score_letters(model, load_tokenizer(None), items, 32, 16384, False)
+    assert [p["scores"] for p in ev["predictions"]] == [[float(s) for s in row] for row in want]
+    assert ev["eval"]["model"]["adapter"] is None and ev["eval"]["model"]["quantization"] == "none"
+    with pytest.raises(ValueError, match="base_of"):
+        evaluate(EvalConfig(model="embedded:tiny-gemma3", out=str(tmp_path / "x")), base_of=tc)
