@@ -10,7 +10,9 @@ Accuracy (0-shot, the training prompt template):
   --scoring letter (default: log-prob of the option letters at the answer position, one forward
   per item; lm-eval's medqa_4options protocol) | option_text (length-normalised log-likelihood of
   " X. option text", lm-eval's acc_norm, for base models that do not answer with a letter).
-  Writes DIR/eval.json and DIR/predictions.jsonl (default DIR: RUN_DIR/eval, or runs/eval-<model>).
+  Writes DIR/eval.json and DIR/predictions.jsonl (default DIR: RUN_DIR/eval, or runs/eval-<model>),
+  with accuracy per benchmark, subject and domain (--domain-rules FILE: the topic rules, default
+  medslm/assets/domain_rules.yaml: medical_law by keywords, else the subject).
 
 Forgetting (paired: bootstrap CI of the delta and exact McNemar test, per benchmark and subject):
     python evaluate.py compare BASE_EVAL_DIR OTHER_EVAL_DIR [MORE...] [--out compare.json]
@@ -98,12 +100,13 @@ def parse_args(argv: list[str]) -> EvalConfig | CompareConfig | LoraActivationsC
     p.add_argument("--max-items", type=int, default=0, help="at most this many items per benchmark (0 = all)")
     p.add_argument("--max-seq-len", type=int, help="prompt + answer tokens (default: the run's data.max_seq_len, else 2048)")
     p.add_argument("--overlong", choices=["error", "truncate", "drop"], help="longer items (default: the run's data.overlong, else error)")
+    p.add_argument("--domain-rules", metavar="FILE", help="topic rules (default: medslm/assets/domain_rules.yaml)")
     a = p.parse_args(argv)
     return EvalConfig(
         run=a.run, model=a.model, medqa=a.medqa, kormedmcqa=a.kormedmcqa, split=a.split, split_mode=a.split_mode, out=a.out,
         scoring=a.scoring, batch_size=32 if a.batch_size is None else a.batch_size, max_batch_tokens=a.max_batch_tokens, max_items=a.max_items,
-        device=a.device, quantization=a.quantization, tokenizer=a.tokenizer, progress=not a.no_progress,
-        max_seq_len=a.max_seq_len, overlong=a.overlong,
+        device=a.device, quantization=a.quantization, tokenizer=a.tokenizer, domain_rules=a.domain_rules,
+        progress=not a.no_progress, max_seq_len=a.max_seq_len, overlong=a.overlong,
     )
 
 

@@ -49,6 +49,7 @@ class ModelConfig:
 
 @dataclass
 class LoraConfigSection:
+    enabled: bool = True  # false: full fine-tuning, every weight trains (needs model.quantization: none)
     r: int = 16
     alpha: int = 64
     dropout: float = 0.05
@@ -163,8 +164,18 @@ def load_base_model(cfg: ModelConfig, device: torch.device, packed: bool = True)
 
 
 def apply_lora(model: Any, lora: LoraConfigSection, gradient_checkpointing: bool = True) -> Any:
-    """Wrap ``model`` with a PEFT LoRA adapter; only adapter weights are trainable."""
+    """Wrap ``model`` with a PEFT LoRA adapter; only adapter weights are trainable.
+
+    ``lora.enabled: false`` is full fine-tuning (the paper's Table 5 baseline): no adapter, every
+    weight of the (unquantised) model trains."""
     from peft import LoraConfig, get_peft_model
+
+    if not lora.enabled:
+        if gradient_checkpointing:
+            enable_checkpointing(model)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
 
     targets: str | list[str] = "all-linear" if lora.target_modules == ["all-linear"] else list(lora.target_modules)
     peft_cfg = LoraConfig(
@@ -198,7 +209,8 @@ class AdapterPrecision:
         self.model = model
         self.device = device
         self.dtype = compute_dtype(cfg, device)
-        self.active = cfg.lora_compute_dtype == "auto" and self.dtype != torch.float32
+        # a PEFT adapter only: full fine-tuning has no adapter input to keep in bf16
+        self.active = cfg.lora_compute_dtype == "auto" and self.dtype != torch.float32 and hasattr(model, "peft_config")
         self._disable_cast = None
         if self.active:
             try:

@@ -64,6 +64,9 @@ class TrainConfig:
     def validate(self) -> None:
         self.model.validate()
         self.lora.validate()
+        if not self.lora.enabled and self.model.quantization != "none":
+            raise ConfigError("lora.enabled=false is full fine-tuning: every weight trains, which NF4 weights cannot; "
+                              "set model.quantization=none")
         self.data.validate()
         self.train.validate()
 
@@ -74,6 +77,7 @@ RESUME_MUST_MATCH = (
     "model.quantization",
     "model.double_quant",
     "model.embedded_seed",
+    "lora.enabled",
     "lora.r",
     "lora.alpha",
     "lora.dropout",

@@ -351,7 +351,7 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool = False) -> dict[
     if bar is not None:
         bar.close()
     adapter = D.trainable_state_dict(model)
-    adapter_dir = os.path.join(out, "adapter")
+    adapter_dir = os.path.join(out, "adapter" if cfg.lora.enabled else "model")  # full fine-tuning: the whole model
     if dist.is_main:
         save_adapter(model, adapter, adapter_dir)
         s.tokenizer.save_pretrained(adapter_dir)
