@@ -168,7 +168,9 @@ def save_checkpoint(
     files = {name: _sha256(tmp / name) for name in ("adapter.safetensors", "config.yaml")}
     torch.save({**state, "files": files}, tmp / "state.pt")
     publish(tmp, final)
-    for old in list_checkpoints(output_dir)[:-keep]:
+    # Checkpoints past this step are a damaged future that resume=auto skipped: this run rewrites
+    # them as it reaches them, and they must not push its own checkpoints out of the last ``keep``.
+    for old in [c for c in list_checkpoints(output_dir) if (_step_of(c) or 0) <= step][:-keep]:
         hidden = root / f"{TMP_PREFIX}pruned-{old.name}"
         old.rename(hidden)  # out of sight at once: a kill mid-delete leaves no half checkpoint
         shutil.rmtree(hidden, ignore_errors=True)

@@ -54,11 +54,14 @@ def find_checkpoint(resume: str | None, output_dir: str, notice: Any = print) ->
         return None
     if resume != "auto":
         return load_checkpoint(resume)  # CheckpointError / UnsafeCheckpointError: one line, exit 2
-    for path in reversed(list_checkpoints(output_dir)):
+    found = list_checkpoints(output_dir)
+    for path in reversed(found):
         try:
             return load_checkpoint(path)
         except CheckpointError as exc:  # UnsafeCheckpointError is not skipped: it stops the run
             notice(f"train.resume=auto: skipping {path.name}: {exc}")
+    if found:
+        notice(f"train.resume=auto: none of the {len(found)} checkpoints in {output_dir} loads: starting at step 0")
     return None
 
 

@@ -86,7 +86,6 @@ class TrainConfig:
 # may trade against each other and against the number of ranks.
 RESUME_MAY_CHANGE = (
     "model.gradient_checkpointing",
-    "model.attention",
     "data.packed",
     "train.micro_batch_size",
     "train.grad_accum",
@@ -96,7 +95,6 @@ RESUME_MAY_CHANGE = (
     "train.resume",
     "train.overwrite",
     "train.log_every",
-    "train.device",
     "train.progress",
     "distributed.fsdp",
 )

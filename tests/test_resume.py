@@ -207,3 +207,45 @@ def test_a_checkpoint_is_fsynced_before_the_rename_that_publishes_it(tmp_path, m
     assert any(Path(p).name.startswith(".tmp-00000003") for kind, p in events[:publish] if kind == "fsync")  # the folder
     assert ("fsync", str(tmp_path / "checkpoints")) in events[publish:]  # and the rename itself
     load_checkpoint(final)
+
+
+def test_damaged_checkpoints_past_the_resume_point_do_not_push_out_the_new_ones(tmp_path):
+    """After resume=auto skipped a damaged step-4, the resumed run's steps 1 and 2 are the last
+    two checkpoints it has: pruning by name alone would delete them and keep the damaged one."""
+    damaged = tmp_path / "checkpoints" / "step-00000004"
+    damaged.mkdir(parents=True)
+    for name in ("adapter.safetensors", "config.yaml", "state.pt"):
+        (damaged / name).write_bytes(b"")
+    adapter = {"a.lora_A.weight": torch.ones(2, 2)}
+    state = {"optimizer": {}, "scheduler": {}, "rng": [], "world_size": 1, "global_batch_rows": 4}
+    for step in (1, 2):
+        save_checkpoint(tmp_path, step, adapter, {**state, "global_step": step}, "train: {}\n", keep=2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000001", "step-00000002", "step-00000004"]
+    save_checkpoint(tmp_path, 4, adapter, {**state, "global_step": 4}, "train: {}\n", keep=2)  # reached: replaced
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+    assert load_checkpoint(tmp_path / "checkpoints" / "step-00000004").step == 4
+
+
+def test_a_prune_killed_half_way_leaves_no_half_checkpoint_in_sight(tmp_path, monkeypatch):
+    """Pruning moves a checkpoint out of sight before deleting it; a kill during the delete (here:
+    one file removed, then the process dies) leaves only a hidden folder for the next start."""
+    from medslm import checkpoint
+
+    class Killed(BaseException):
+        pass
+
+    def dies_half_way(path, ignore_errors=False):
+        next(p for p in Path(path).iterdir() if p.is_file()).unlink()
+        raise Killed
+
+    adapter = {"a.lora_A.weight": torch.ones(2, 2)}
+    state = {"optimizer": {}, "scheduler": {}, "rng": [], "world_size": 1, "global_batch_rows": 4}
+    for step in (1, 2):
+        save_checkpoint(tmp_path, step, adapter, {**state, "global_step": step}, "train: {}\n", keep=2)
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", dies_half_way)
+    with pytest.raises(Killed):
+        save_checkpoint(tmp_path, 3, adapter, {**state, "global_step": 3}, "train: {}\n", keep=2)
+    visible = [p for p in (tmp_path / "checkpoints").iterdir() if not p.name.startswith(".")]
+    assert sorted(p.name for p in visible) == ["step-00000002", "step-00000003"]
+    for p in visible:
+        load_checkpoint(p)
