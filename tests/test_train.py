@@ -299,6 +299,9 @@ def test_the_loss_is_normalised_over_the_global_batch_not_per_micro_batch(tmp_pa
 
 def test_fsdp_shards_the_adapter_and_never_the_frozen_base(tmp_path):
     """Under 2 ranks (gloo): every LoRA parameter is a DTensor, no frozen base parameter is."""
+    from medslm.modeling import materialise_embedded
+
+    materialise_embedded("embedded")  # not by two ranks at once: that intermittently reads a bad config.json
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "tests/fsdp_layout.py",
