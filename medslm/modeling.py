@@ -58,6 +58,8 @@ class LoraConfigSection:
     def validate(self) -> None:
         if self.r < 1:
             raise ConfigError(f"lora.r must be >= 1, got {self.r}")
+        if self.alpha <= 0:  # the adapter's scale is alpha / r: 0 trains an adapter that changes nothing
+            raise ConfigError(f"lora.alpha must be > 0, got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
         if not self.target_modules:

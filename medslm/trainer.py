@@ -22,23 +22,25 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
 
 from medslm import distributed as D
 from medslm.attention import packed_forward_kwargs
-from medslm.checkpoint import latest_checkpoint, load_checkpoint, save_adapter, save_checkpoint
+from medslm.checkpoint import Checkpoint, save_adapter, save_checkpoint
 from medslm.cli import UserError
 from medslm.config import save_config, to_dict
 from medslm.dataset import build_dataset, read_pack, rows_of, save_run_data
 from medslm.files import writing
 from medslm.metrics import MetricsLogger, PeakMemory
 from medslm.modeling import AdapterPrecision, apply_lora, decoder_layers, embedded_tokenizer_for, load_base_model
+from medslm.numerics import check_adapter, check_step
 from medslm.packing import PackedCollator, PaddedCollator
+from medslm.resume import find_checkpoint, restore, rng_state
+from medslm.run_dir import open_run_dir
 from medslm.tokenizer import load_tokenizer, pad_token_id, tokenizer_fingerprint
-from medslm.train_config import RESUME_MUST_MATCH, TrainConfig
+from medslm.train_config import TrainConfig
 
 Row = list[dict[str, list[int]]]
 
@@ -113,26 +115,6 @@ def batch_loss_sum(model: Any, batch: dict[str, Any], packed: bool, device: torc
 
 
 # ---------------------------------------------------------------------------------------------
-# RNG state
-# ---------------------------------------------------------------------------------------------
-
-
-def rng_state() -> dict[str, Any]:
-    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def set_rng_state(st: dict[str, Any]) -> None:
-    random.setstate(st["python"])
-    np.random.set_state(st["numpy"])
-    torch.set_rng_state(st["torch"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
-
-
-# ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
 
@@ -203,21 +185,6 @@ def build(cfg: TrainConfig, dist: D.DistState) -> Setup:
     return Setup(cfg, dist, model, tokenizer, rows, val_rows, collate, packed, pad, report, precision, manifest)
 
 
-def _check_resume(cfg: TrainConfig, saved_yaml: str, saved_state: dict, dist: D.DistState) -> None:
-    saved = yaml.safe_load(saved_yaml)
-    now = to_dict(cfg)
-    diffs = []
-    for key in RESUME_MUST_MATCH:
-        sec, name = key.split(".")
-        if saved.get(sec, {}).get(name) != now[sec][name]:
-            diffs.append(f"{key}: checkpoint {saved.get(sec, {}).get(name)!r} vs now {now[sec][name]!r}")
-    g_now = cfg.train.micro_batch_size * cfg.train.grad_accum * dist.world_size
-    if saved_state["global_batch_rows"] != g_now:
-        diffs.append(f"global batch rows (micro_batch_size x grad_accum x world): checkpoint {saved_state['global_batch_rows']} vs now {g_now}")
-    if diffs:
-        raise UserError("train.resume: the checkpoint's config is incompatible: " + "; ".join(diffs))
-
-
 def train(cfg: TrainConfig, keep_model: bool = False) -> dict[str, Any]:
     """Run training; returns a summary (final loss, steps, paths). Called by train.py and sweeps.
 
@@ -225,9 +192,12 @@ def train(cfg: TrainConfig, keep_model: bool = False) -> dict[str, Any]:
     """
     cfg.validate()
     dist = D.init_distributed(cfg.train.device)
+    lock = None
     try:
+        lock = open_run_dir(cfg.train, dist)  # before any data or model is loaded
+        ckpt = find_checkpoint(cfg.train.resume, cfg.train.output_dir, notice=print if dist.is_main else lambda _: None)
         with writing(cfg.train.output_dir, disk_full_only=True):  # a full disk is named, whatever wrote
-            return _run(cfg, dist, keep_model)
+            return _run(cfg, dist, keep_model, ckpt)
     except torch.cuda.OutOfMemoryError:
         raise UserError(
             f"CUDA out of memory at train.micro_batch_size={cfg.train.micro_batch_size}, data.max_seq_len="
@@ -235,10 +205,14 @@ def train(cfg: TrainConfig, keep_model: bool = False) -> dict[str, Any]:
             "lower data.max_seq_len, keep model.gradient_checkpointing on, or use more GPUs"
         ) from None
     finally:
-        D.shutdown(dist)
+        try:
+            D.shutdown(dist)
+        finally:
+            if lock is not None:
+                lock.release()
 
 
-def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool = False) -> dict[str, Any]:
+def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool, ckpt: Checkpoint | None) -> dict[str, Any]:
     t_cfg = cfg.train
     out = os.path.abspath(t_cfg.output_dir)
     s = build(cfg, dist)
@@ -252,21 +226,7 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool = False) -> dict[
         optimizer, lambda st: lr_factor(st, t_cfg.warmup_steps, total_steps)
     )
 
-    start_step = 0
-    resume_path = None
-    if t_cfg.resume == "auto":
-        resume_path = latest_checkpoint(out)
-    elif t_cfg.resume:
-        resume_path = t_cfg.resume
-    if resume_path is not None:
-        adapter, st, cfg_file = load_checkpoint(resume_path)
-        _check_resume(cfg, cfg_file.read_text(encoding="utf-8"), st, dist)
-        D.load_trainable_state_dict(model, adapter)
-        D.load_optimizer_state(model, optimizer, st["optimizer"], dist)
-        scheduler.load_state_dict(st["scheduler"])
-        start_step = st["global_step"]
-        if st["world_size"] == dist.world_size:
-            set_rng_state(st["rng"][dist.rank])
+    start_step = restore(cfg, ckpt, dist, model, optimizer, scheduler) if ckpt is not None else 0
 
     if dist.is_main:
         save_config(cfg, os.path.join(out, "config.yaml"))
@@ -311,13 +271,13 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool = False) -> dict[
             D.all_reduce_grads(dist, params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, t_cfg.max_grad_norm)
         grad_norm = float(D.full_tensor(grad_norm)) if D.is_sharded(grad_norm) else float(grad_norm)
+        last_loss = float(D.all_reduce_sum(dist, local_sum)) / max(1, n_sup)
+        check_step(step + 1, last_loss, grad_norm, out)  # the same numbers on every rank: all stop together
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        total = D.all_reduce_sum(dist, local_sum)
-        last_loss = float(total) / max(1, n_sup)
         dt = time.perf_counter() - t0
         if step % t_cfg.log_every == 0 or step == total_steps:
             rec = {
@@ -350,12 +310,10 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool = False) -> dict[
                 os.kill(os.getpid(), signal.SIGKILL)
     if bar is not None:
         bar.close()
-    adapter = D.trainable_state_dict(model)
+    adapter = D.trainable_state_dict(model)  # the step-`step` checkpoint held it: checked finite there
     adapter_dir = os.path.join(out, "adapter" if cfg.lora.enabled else "model")  # full fine-tuning: the whole model
     if dist.is_main:
-        save_adapter(model, adapter, adapter_dir)
-        s.tokenizer.save_pretrained(adapter_dir)
-        save_config(cfg, os.path.join(adapter_dir, "medslm_config.yaml"))
+        save_adapter(model, adapter, adapter_dir, also=lambda d: (s.tokenizer.save_pretrained(str(d)), save_config(cfg, d / "medslm_config.yaml")))
     D.barrier(dist)
     logger.close()
     mem.close()
@@ -377,6 +335,7 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool = False) -> dict[
 def _save(s: Setup, optimizer: Any, scheduler: Any, step: int, g_rows: int, out: str) -> None:
     dist = s.dist
     adapter = D.trainable_state_dict(s.model)  # collective
+    check_adapter(adapter, step, out)
     osd = D.optimizer_state(s.model, optimizer, dist)  # collective
     rngs = D.all_gather_object(dist, rng_state())
     if dist.is_main:
