@@ -213,6 +213,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     from safetensors.torch import load_file
 
     p = Path(path)
+    if not p.is_dir():
+        what = "is not a folder" if p.exists() else "does not exist"
+        raise CheckpointError(f"{p} {what}: a checkpoint is a folder like OUTPUT_DIR/checkpoints/step-00000012")
     missing = [f for f in CHECKPOINT_FILES if not (p / f).is_file()]
     if missing:
         raise CheckpointError(f"{p} is not a medslm checkpoint (missing {', '.join(missing)})")
