@@ -10,8 +10,10 @@ Accuracy (0-shot, the training prompt template):
   --scoring letter (default: log-prob of the option letters at the answer position, one forward
   per item; lm-eval's medqa_4options protocol) | option_text (length-normalised log-likelihood of
   " X. option text", lm-eval's acc_norm, for base models that do not answer with a letter).
-  Writes DIR/eval.json and DIR/predictions.jsonl (default DIR: RUN_DIR/eval, or runs/eval-<model>);
-  with --run, also the accuracies (per benchmark and subject) to RUN_DIR/tb for TensorBoard.
+  Writes DIR/eval.json and DIR/predictions.jsonl (default DIR: RUN_DIR/eval, or runs/eval-<model>),
+  with accuracy per benchmark, subject and domain (--domain-rules FILE: the topic rules, default
+  medslm/assets/domain_rules.yaml: medical_law by keywords, else the subject); with --run, also
+  the accuracies (per benchmark and subject) to RUN_DIR/tb for TensorBoard.
   Multimodal checkpoints (MedGemma): --text-only false scores on the whole shipped model.
 
 Forgetting (paired: bootstrap CI of the delta and exact McNemar test, per benchmark and subject):
@@ -60,7 +62,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=["train", "val", "test", "all"], help="default: test (explicit files: all)")
     p.add_argument("--split-mode", choices=["hash", "official"], help="default: the run's data.split (hash)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/eval, or runs/eval-<model>)")
-    p.add_argument("--batch-size", type=int, default=None, help="rows per forward pass (default 32; lora-activations 16)")
+    p.add_argument("--batch-size", type=int, default=None, help="rows per forward, >= 1 (default: 32; lora-activations 16)")
     p.add_argument("--max-batch-tokens", type=int, default=16384, help="rows x padded length per forward")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--text-only", choices=["true", "false"], help="multimodal checkpoints (MedGemma): load only the language model "
@@ -91,7 +93,7 @@ def parse_args(argv: list[str]) -> EvalConfig | CompareConfig | LoraActivationsC
         a = p.parse_args(argv[1:])
         return LoraActivationsConfig(
             run=a.run, medqa=a.medqa, kormedmcqa=a.kormedmcqa, split=a.split, split_mode=a.split_mode, max_items=a.max_items,
-            out=a.out, batch_size=a.batch_size or 16, max_batch_tokens=a.max_batch_tokens, device=a.device, progress=not a.no_progress,
+            out=a.out, batch_size=16 if a.batch_size is None else a.batch_size, max_batch_tokens=a.max_batch_tokens, device=a.device, progress=not a.no_progress,
             text_only=_bool(a.text_only),
         )
     p = _Parser(
@@ -107,11 +109,15 @@ def parse_args(argv: list[str]) -> EvalConfig | CompareConfig | LoraActivationsC
     p.add_argument("--quantization", choices=["nf4", "none"], help="default: the run's (nf4 for --model)")
     p.add_argument("--tokenizer", help="--model only: tokenizer path or name (default: the model's own)")
     p.add_argument("--max-items", type=int, default=0, help="at most this many items per benchmark (0 = all)")
+    p.add_argument("--max-seq-len", type=int, help="prompt + answer tokens (default: the run's data.max_seq_len, else 2048)")
+    p.add_argument("--overlong", choices=["error", "truncate", "drop"], help="longer items (default: the run's data.overlong, else error)")
+    p.add_argument("--domain-rules", metavar="FILE", help="topic rules (default: medslm/assets/domain_rules.yaml)")
     a = p.parse_args(argv)
     return EvalConfig(
         run=a.run, model=a.model, medqa=a.medqa, kormedmcqa=a.kormedmcqa, split=a.split, split_mode=a.split_mode, out=a.out,
-        scoring=a.scoring, batch_size=a.batch_size or 32, max_batch_tokens=a.max_batch_tokens, max_items=a.max_items,
-        device=a.device, quantization=a.quantization, tokenizer=a.tokenizer, progress=not a.no_progress, text_only=_bool(a.text_only),
+        scoring=a.scoring, batch_size=32 if a.batch_size is None else a.batch_size, max_batch_tokens=a.max_batch_tokens, max_items=a.max_items,
+        device=a.device, quantization=a.quantization, tokenizer=a.tokenizer, domain_rules=a.domain_rules,
+        progress=not a.no_progress, max_seq_len=a.max_seq_len, overlong=a.overlong, text_only=_bool(a.text_only),
     )
 
 

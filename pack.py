@@ -4,8 +4,10 @@
     python pack.py --medqa data/US --kormedmcqa kormed/ --ratio 10:3 --tokenizer /models/medgemma-4b-it
     python pack.py ... --config configs/medgemma-4b.yaml --world-size 4   # steps/epoch at that run's batch
 
-Writes DIR/train (a `datasets` dataset of packed rows), DIR/val and DIR/packing_report.json;
-train on them with `python train.py --data.packed=DIR` (the tokenizer must be the model's).
+Writes DIR/train (a `datasets` dataset of packed rows), DIR/val, DIR/packing_report.json and
+DIR/mix_manifest.jsonl (every item in the mix, val and test: id, dataset, subject, split); train on
+them with `python train.py --data.packed=DIR` (the tokenizer must be the model's). DIR is written
+whole under a temporary name and then renamed into place: an interrupted run leaves the old DIR.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from medslm.cli import run_cli
 from medslm.config import ConfigError
-from medslm.dataset import DataConfig, build_dataset, save_packed
+from medslm.dataset import MANIFEST_FILE, DataConfig, build_dataset, is_pack_dir, save_packed
+from medslm.files import check_replaceable
 from medslm.tokenizer import load_tokenizer
 
 
@@ -94,6 +98,7 @@ def parse_args(argv: list[str]) -> PackConfig:
 
 
 def main(cfg: PackConfig) -> dict:
+    check_replaceable(Path(cfg.out), is_pack_dir)  # before any work: never replace a user's folder
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     built = build_dataset(cfg.data, tokenizer, cfg.global_batch_rows, progress=True)
     report = save_packed(built, cfg.out, cfg, tokenizer)
@@ -105,7 +110,10 @@ def main(cfg: PackConfig) -> dict:
         f"{r['steps_per_epoch_packed' if cfg.data.packing else 'steps_per_epoch_unpacked']}; "
         f"skipped {r['skipped_invalid']['count']}, truncated {r['overlong']['truncated']}, dropped {r['overlong']['dropped']}"
     )
-    print(f"wrote {cfg.out}/train, {cfg.out}/val, {cfg.out}/packing_report.json; train on them: python train.py --data.packed={cfg.out}")
+    print(
+        f"wrote {cfg.out}/train, {cfg.out}/val, {cfg.out}/packing_report.json, {cfg.out}/{MANIFEST_FILE}; "
+        f"train on them: python train.py --data.packed={cfg.out}"
+    )
     return report
 
 

@@ -3,13 +3,15 @@
 Every entrypoint owns one top-level dataclass whose fields are small dataclasses (sections).
 ``parse_config(TrainConfig, argv)`` reads ``--config FILE`` (optional), applies the YAML, then the
 CLI overrides, converting each value to the field's annotated type. Unknown sections or keys,
-values of the wrong type and values outside a ``Literal`` are a :class:`ConfigError` naming the
-key and where it came from, raised before anything expensive happens.
+values of the wrong type, non-finite numbers (``nan``, ``inf``) and values outside a ``Literal``
+are a :class:`ConfigError` naming the key and where it came from, raised before anything
+expensive happens.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -82,14 +84,19 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
                 pass
         raise ConfigError(f"{source}: '{key}' must be an integer, got {value!r}")
     if tp is float:
+        number: float | None = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
+        if not math.isfinite(number):  # nan and inf parse as floats, and would train to NaN with exit 0
+            raise ConfigError(f"{source}: '{key}' must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

@@ -21,8 +21,11 @@ the dataset split, and used only when the user asks for the official splits.
 from __future__ import annotations
 
 import csv
+import functools
+import io
 import json
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +37,10 @@ from medslm.records import LETTERS, MCQItem
 KORMED_SUBJECTS = ("doctor", "nurse", "pharm", "dentist")
 KNOWN_SPLITS = ("train", "dev", "validation", "val", "test", "fewshot")
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Lines end only here: U+2028, U+2029, U+0085 and the other breaks str.splitlines() knows are
+# legal inside JSON strings and CSV fields.
+LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 class DataError(ValueError):
@@ -121,7 +128,7 @@ def _read_jsonl(path: Path, split: str | None) -> Iterator[RawRow]:
                 raise DataError(f"{path}:row {i}", "(row)", "expected a JSON object")
             yield RawRow(row, f"{path}:row {i}", split)
         return
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(LINE_END.split(text), 1):
         if not line.strip():
             continue
         try:
@@ -137,7 +144,8 @@ def _read_jsonl(path: Path, split: str | None) -> Iterator[RawRow]:
 
 def _read_csv(path: Path, split: str | None) -> Iterator[RawRow]:
     text = _read_text(path)
-    reader = csv.DictReader(text.splitlines(keepends=True))
+    # newline="": lines end at \n, \r\n or \r only, and quoted fields may span lines
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     for row in reader:
         # line_num is the physical line the row ended on; rows rarely span lines in these exports
         yield RawRow(dict(row), f"{path}:line {reader.line_num}", split)
@@ -157,7 +165,12 @@ def _read_parquet(path: Path, split: str | None) -> Iterator[RawRow]:
 def _read_datasets_dir(path: Path) -> Iterator[RawRow]:
     import datasets
 
-    ds = datasets.load_from_disk(str(path))
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as exc:  # a truncated arrow or JSON file: its error names no file
+        if isinstance(exc, OSError) and exc.filename is not None:
+            raise
+        raise DataError(str(path), "(dataset)", f"not a readable saved dataset ({type(exc).__name__}: {exc})") from None
     parts = ds.items() if isinstance(ds, datasets.DatasetDict) else [(None, ds)]
     for split, part in parts:
         split_name = _normalise_split(split)
@@ -175,14 +188,15 @@ def _normalise_split(split: str | None) -> str | None:
 def _read_file(path: Path) -> Iterator[RawRow]:
     split = _split_from_name(path)
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        yield from _read_jsonl(path, split)
-    elif suffix == ".csv":
-        yield from _read_csv(path, split)
-    elif suffix == ".parquet":
-        yield from _read_parquet(path, split)
-    else:
+    readers = {".jsonl": _read_jsonl, ".json": _read_jsonl, ".csv": _read_csv, ".parquet": _read_parquet}
+    if suffix not in readers:
         raise DataError(str(path), "(file)", f"unsupported file type '{suffix}' (use {', '.join(DATA_SUFFIXES)})")
+    n = 0
+    for row in readers[suffix](path, split):
+        n += 1
+        yield row
+    if n == 0:
+        raise DataError(str(path), "(file)", "the file holds no rows (empty, or a header only)")
 
 
 def _is_saved_dataset(path: Path) -> bool:
@@ -249,6 +263,11 @@ def _read_hub(name: str) -> Iterator[RawRow]:
 # ---------------------------------------------------------------------------------------------
 
 
+def is_blank(text: str) -> bool:
+    """Nothing but whitespace and control or format characters (NUL, zero-width space, BOM, ...)."""
+    return all(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
+
+
 def _text(row: RawRow, key: str, *, required: bool = True) -> str:
     if key not in row.data or row.data[key] is None:
         if required:
@@ -257,8 +276,8 @@ def _text(row: RawRow, key: str, *, required: bool = True) -> str:
     value = row.data[key]
     if not isinstance(value, str):
         raise DataError(row.where, key, f"expected text, got {type(value).__name__}")
-    if required and not value.strip():
-        raise DataError(row.where, key, "empty")
+    if required and is_blank(value):
+        raise DataError(row.where, key, "empty (only whitespace or control characters)")
     return value.strip()
 
 
@@ -332,8 +351,8 @@ def medqa_item(row: RawRow) -> MCQItem:
     options = []
     for k in keys:
         v = options_obj[k]
-        if not isinstance(v, str) or not v.strip():
-            raise DataError(row.where, f"options.{k}", "empty or not text")
+        if not isinstance(v, str) or is_blank(v):
+            raise DataError(row.where, f"options.{k}", "empty (only whitespace or control characters) or not text")
         options.append(v.strip())
     opts = _check_options(row, options, "options")
     answer_idx = _text(row, "answer_idx").upper()
@@ -361,10 +380,22 @@ def medqa_item(row: RawRow) -> MCQItem:
 
 
 def _fallback_id(prefix: str, row: RawRow) -> str:
-    # "data/US/train.jsonl:line 12" -> "medqa/US/train.jsonl/12": stable while the file is unchanged
+    """An id for a row that has none, unique per full path and stable while the file is unchanged.
+
+    "/data/a/US/train.jsonl:line 12" -> "medqa/data/a/US/train.jsonl/12" (the resolved path, so two
+    ``US/train.jsonl`` in different folders differ and the working directory does not matter);
+    files inside the medslm checkout (the embedded samples) are named relative to it.
+    """
     path, _, pos = row.where.rpartition(":")
-    p = Path(path)
-    return f"{prefix}/{p.parent.name}/{p.name}/{pos.split()[-1]}"
+    return f"{prefix}/{_id_path(path)}/{pos.split()[-1]}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _id_path(path: str) -> str:
+    if path.startswith("hf:"):
+        return path[3:]
+    p = Path(path).resolve()
+    return (p.relative_to(REPO_ROOT) if p.is_relative_to(REPO_ROOT) else p).as_posix().lstrip("/")
 
 
 def kormedmcqa_item(row: RawRow) -> MCQItem:

@@ -160,18 +160,38 @@ def load_trainable_state_dict(model: torch.nn.Module, full: dict[str, torch.Tens
 
 
 def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: DistState) -> dict:
-    """The whole optimizer state, unsharded, on CPU (the adapter is small: this stays cheap)."""
+    """The whole optimizer state, unsharded, on CPU, keyed by parameter name (the adapter is small:
+    this stays cheap). The same layout in a world of one and under FSDP, so a checkpoint resumes
+    under another world size."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    if not state.distributed:
-        return optimizer.state_dict()
-    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if state.distributed:
+        return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    names = _param_names(model, optimizer)  # the layout get_optimizer_state_dict gives, without a process group
+    osd = optimizer.state_dict()
+    return {
+        "state": {names[i]: {k: v.cpu() if torch.is_tensor(v) else v for k, v in st.items()} for i, st in osd["state"].items()},
+        "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in osd["param_groups"]],
+    }
 
 
 def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, osd: dict, state: DistState) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    if not state.distributed:
-        optimizer.load_state_dict(osd)
+    if state.distributed:
+        set_optimizer_state_dict(model, optimizer, optim_state_dict=osd, options=StateDictOptions(full_state_dict=True))
         return
-    set_optimizer_state_dict(model, optimizer, optim_state_dict=osd, options=StateDictOptions(full_state_dict=True))
+    index = {n: i for i, n in enumerate(_param_names(model, optimizer))}
+    unknown = [n for n in osd["state"] if n not in index]
+    if unknown:
+        raise KeyError(f"optimizer state for parameters this model lacks: {unknown[:3]}")
+    optimizer.load_state_dict({
+        "state": {index[n]: st for n, st in osd["state"].items()},
+        "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in osd["param_groups"]],
+    })
+
+
+def _param_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Parameter names in the optimizer's own order (the integer ids of ``optimizer.state_dict()``)."""
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    return [by_id[id(p)] for g in optimizer.param_groups for p in g["params"]]

@@ -7,9 +7,10 @@ answer with a letter), then write
 
 - ``OUT/eval.json``: model/adapter, template, scoring, data and split, item count, timings, and per
   benchmark accuracy, n, correct and the Wilson 95% interval, also per subject (KorMedMCQA:
-  doctor/nurse/pharm/dentist; MedQA: ``meta_info``, or ``usmle`` when absent);
-- ``OUT/predictions.jsonl``: one line per item: id, benchmark, subject, language, gold, predicted,
-  correct, scores (one per option, in option order; higher is better).
+  doctor/nurse/pharm/dentist; MedQA: ``meta_info``, or ``usmle`` when absent) and per domain
+  (:mod:`medslm.domains`: ``medical_law`` by keyword rules, else the subject);
+- ``OUT/predictions.jsonl``: one line per item: id, benchmark, subject, domain, language, gold,
+  predicted, correct, scores (one per option, in option order; higher is better).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ import torch
 from medslm.cli import UserError
 from medslm.config import ConfigError, load_saved_config
 from medslm.dataset import DataConfig, load_and_split
+from medslm.domains import DomainRules, load_rules
+from medslm.files import check_json_files, check_safetensors, json_line, writing
+from medslm.prompts import encode_prompt, fit_prompt, format_prompt
 from medslm.records import LETTERS, MCQItem
 from medslm.scoring import SCORERS
 from medslm.stats import accuracy_summary
@@ -54,14 +58,23 @@ class EvalConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     quantization: Literal["nf4", "none"] | None = None  # None: the run's, or nf4 for --model
     tokenizer: str | None = None  # --model only; None: the model's own (embedded: the embedded one)
+    domain_rules: str | None = None  # topic rules file (None: medslm/assets/domain_rules.yaml)
     progress: bool = True  # progress bars on a terminal, plain lines in a log; False: neither (loading bars too)
+    max_seq_len: int | None = None  # prompt + answer tokens; None: the run's data.max_seq_len (default 2048)
+    overlong: Literal["error", "truncate", "drop"] | None = None  # None: the run's data.overlong (default error)
     text_only: bool | None = None  # multimodal checkpoints: None: the run's model.text_only (True for --model)
 
     def validate(self) -> None:
         if (self.run is None) == (self.model is None):
             raise ConfigError("give exactly one of --run RUN_DIR or --model NAME_OR_PATH")
         if self.batch_size < 1 or self.max_batch_tokens < 1 or self.max_items < 0:
-            raise ConfigError("--batch-size and --max-batch-tokens must be >= 1, --max-items >= 0")
+            raise ConfigError(
+                f"--batch-size ({self.batch_size}) and --max-batch-tokens ({self.max_batch_tokens}) must be >= 1, "
+                f"--max-items ({self.max_items}) >= 0"
+            )
+        if self.max_seq_len is not None and self.max_seq_len < 16:
+            raise ConfigError(f"--max-seq-len must be at least 16, got {self.max_seq_len}")
+        resolve_device(self.device)  # spelling, and that such a device exists here
         if self.tokenizer is not None and self.run is not None:
             raise ConfigError("--tokenizer is for --model; a run's tokenizer is saved in RUN/adapter")
 
@@ -72,15 +85,22 @@ class EvalConfig:
 
 
 def check_run_dir(run: str | Path) -> Path:
-    """The run folder, after checking it holds config.yaml and a saved adapter."""
+    """The run folder, after checking it holds config.yaml and a saved adapter (or, after full
+    fine-tuning, a saved model in RUN/model)."""
     p = Path(run)
     if not p.is_dir():
         raise UserError(f"--run {run}: no such directory")
     if not (p / "config.yaml").is_file():
         raise UserError(f"--run {run}: no config.yaml (expected the output_dir of train.py)")
-    adapter = p / "adapter"
-    if not (adapter / "adapter_config.json").is_file() or not any(adapter.glob("adapter_model.*")):
-        raise UserError(f"--run {run}: no trained adapter in {adapter} (did training finish?)")
+    if (p / "model" / "config.json").is_file() and not (p / "adapter").exists():
+        saved = p / "model"  # lora.enabled: false
+    else:
+        saved = p / "adapter"
+        if not (saved / "adapter_config.json").is_file() or not any(saved.glob("adapter_model.*")):
+            raise UserError(f"--run {run}: no trained adapter in {saved} (did training finish?)")
+    check_json_files(saved)  # a truncated adapter, model or tokenizer file is named, not a library traceback
+    for weights in saved.glob("*.safetensors"):
+        check_safetensors(weights)
     return p
 
 
@@ -90,12 +110,22 @@ def load_run_config(run: str | Path) -> Any:
     return load_saved_config(TrainConfig, check_run_dir(run) / "config.yaml")
 
 
+def check_device(name: str) -> None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (spelling only; :func:`resolve_device` checks the GPU)."""
+    if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()):
+        return
+    raise ConfigError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
+
+
 def resolve_device(name: str) -> torch.device:
+    check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s) (0..{torch.cuda.device_count() - 1})")
     return dev
 
 
@@ -112,8 +142,14 @@ def load_for_eval(cfg: EvalConfig, run_cfg: Any = None) -> tuple[Any, Any, dict[
         run_cfg = run_cfg if run_cfg is not None else load_run_config(cfg.run)
         mcfg = copy.deepcopy(run_cfg.model)
         adapter = check_run_dir(cfg.run) / "adapter"
-        has_tok = any((adapter / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
-        tok_src: str | None = str(adapter) if has_tok else (run_cfg.data.tokenizer or embedded_tokenizer_for(mcfg))
+        if not run_cfg.lora.enabled:  # full fine-tuning: the trained model itself, no adapter
+            mcfg.name_or_path, adapter = str(Path(cfg.run).resolve() / "model"), None
+        saved = adapter if adapter is not None else Path(mcfg.name_or_path)
+        has_tok = any((saved / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+        tok_src: str | None = str(saved) if has_tok else (run_cfg.data.tokenizer or embedded_tokenizer_for(mcfg))
+    elif run_cfg is not None:  # the base model of a training config, before fine-tuning
+        mcfg = copy.deepcopy(run_cfg.model)
+        tok_src = cfg.tokenizer or run_cfg.data.tokenizer or embedded_tokenizer_for(mcfg)
     else:
         mcfg = ModelConfig(name_or_path=str(cfg.model))
         tok_src = cfg.tokenizer or embedded_tokenizer_for(mcfg)
@@ -189,8 +225,10 @@ def select_items(cfg: EvalConfig, run_cfg: Any = None) -> tuple[list[MCQItem], d
 # ---------------------------------------------------------------------------------------------
 
 
-def predictions(items: Sequence[MCQItem], scores: Sequence[Sequence[float]]) -> list[dict[str, Any]]:
-    """One record per item; ties go to the first option (deterministic)."""
+def predictions(items: Sequence[MCQItem], scores: Sequence[Sequence[float]], rules: DomainRules | None = None) -> list[dict[str, Any]]:
+    """One record per item; ties go to the first option (deterministic). ``rules``: the domain
+    tagger (None: the shipped rules)."""
+    rules = rules or load_rules()
     out = []
     for it, sc in zip(items, scores):
         pred = max(range(len(sc)), key=lambda k: (sc[k], -k))
@@ -199,6 +237,7 @@ def predictions(items: Sequence[MCQItem], scores: Sequence[Sequence[float]]) -> 
                 "id": it.id,
                 "benchmark": it.benchmark,
                 "subject": it.subject,
+                "domain": rules.tag(it),
                 "language": it.language,
                 "gold": LETTERS[it.answer],
                 "predicted": LETTERS[pred],
@@ -210,13 +249,16 @@ def predictions(items: Sequence[MCQItem], scores: Sequence[Sequence[float]]) -> 
 
 
 def summarise(preds: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per benchmark: accuracy, n, Wilson 95% CI, and the same per subject."""
+    """Per benchmark: accuracy, n, Wilson 95% CI, and the same per subject and per domain."""
     out: dict[str, Any] = {}
     for bench in sorted({p["benchmark"] for p in preds}):
         rows = [p for p in preds if p["benchmark"] == bench]
         summ = accuracy_summary([p["correct"] for p in rows])
         subjects = sorted({p["subject"] for p in rows})
         summ["subjects"] = {s: accuracy_summary([p["correct"] for p in rows if p["subject"] == s]) for s in subjects}
+        if all("domain" in p for p in rows):
+            domains = sorted({p["domain"] for p in rows})
+            summ["domains"] = {d: accuracy_summary([p["correct"] for p in rows if p["domain"] == d]) for d in domains}
         out[bench] = summ
     return out
 
@@ -225,10 +267,36 @@ def format_table(benchmarks: dict[str, Any]) -> str:
     lines = [f"{'benchmark':<12} {'subject':<10} {'n':>6} {'accuracy':>9}  95% CI (Wilson)", "-" * 58]
     for bench, s in benchmarks.items():
         rows = [("(all)", s)] + list(s["subjects"].items())
+        if set(s.get("domains", {})) != set(s["subjects"]):  # domains only where the tagger changed something
+            rows += [(f"~{d}", r) for d, r in s["domains"].items()]
         for j, (name, r) in enumerate(rows):
             lo, hi = r["ci95"]
             lines.append(f"{bench if j == 0 else '':<12} {name:<10} {r['n']:>6} {100 * r['accuracy']:>8.1f}%  [{100 * lo:.1f}, {100 * hi:.1f}]")
+    lines.append("(~domain: medslm.domains rules, law first, else the subject)")
     return "\n".join(lines)
+
+
+def fit_prompts(items: list[MCQItem], tokenizer: Any, scoring: str, max_seq_len: int, overlong: str) -> tuple[list[MCQItem], list[list[int]], dict[str, Any]]:
+    """Training's length limit and overlong policy applied to evaluation: (kept items, their prompt
+    ids, counts). The prompt plus the longest continuation scored (the answer letter + EOS, as in
+    training; or `` X. option text``) must fit ``max_seq_len``."""
+    eos = 1 if getattr(tokenizer, "eos_token_id", None) is not None else 0
+    letter_len = max(len(tokenizer(f" {x}", add_special_tokens=False)["input_ids"]) for x in LETTERS) + eos
+    bos = getattr(tokenizer, "bos_token_id", None)
+    kept, prompts, truncated = [], [], 0
+    for it in items:
+        if scoring == "option_text":
+            reserve = max(len(tokenizer(f" {LETTERS[k]}. {t}", add_special_tokens=False)["input_ids"]) for k, t in enumerate(it.options))
+        else:
+            reserve = letter_len
+        ids, cut = fit_prompt(it, encode_prompt(tokenizer, format_prompt(it)), reserve, max_seq_len, overlong, bos)  # type: ignore[arg-type]
+        if ids is None:
+            continue
+        kept.append(it)
+        prompts.append(ids)
+        truncated += int(cut)
+    counts = {"max_seq_len": max_seq_len, "policy": overlong, "truncated": truncated, "dropped": len(items) - len(kept)}
+    return kept, prompts, counts
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -257,21 +325,35 @@ def _warn_if_samples(cfg: EvalConfig, run_cfg: Any) -> None:
         warn(warning.replace("--data.medqa=...", "--medqa ...").replace("--data.kormedmcqa=...", "--kormedmcqa ..."))
 
 
-def evaluate(cfg: EvalConfig) -> dict[str, Any]:
-    """Score every selected item, write OUT/eval.json and OUT/predictions.jsonl, print the table."""
+def evaluate(cfg: EvalConfig, base_of: Any = None) -> dict[str, Any]:
+    """Score every selected item, write OUT/eval.json and OUT/predictions.jsonl, print the table.
+
+    ``base_of`` (a TrainConfig, with ``cfg.model`` its model): score that run's base model before
+    fine-tuning -- its model section (quantisation, dtypes, embedded seed) and tokenizer -- on the
+    items its own evaluation would use (its data, split as in training)."""
     cfg.validate()
     t_start = time.perf_counter()
-    run_cfg = load_run_config(cfg.run) if cfg.run else None
+    if base_of is not None and (cfg.run is not None or cfg.model != base_of.model.name_or_path):
+        raise ValueError("evaluate(base_of=...) needs cfg.model == base_of.model.name_or_path and no cfg.run")
+    run_cfg = load_run_config(cfg.run) if cfg.run else base_of
     items, data_desc = select_items(cfg, run_cfg)
+    out = default_out(cfg)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)  # a file or unwritable place fails before the model loads
+    rules = load_rules(cfg.domain_rules)  # before the model loads: a bad rules file fails fast
     _warn_if_samples(cfg, run_cfg)
     model, tokenizer, model_info = load_for_eval(cfg, run_cfg)
+    data_cfg = run_cfg.data if run_cfg is not None else DataConfig()
+    items, prompts, overlong = fit_prompts(
+        items, tokenizer, cfg.scoring, cfg.max_seq_len or data_cfg.max_seq_len, cfg.overlong or data_cfg.overlong
+    )
+    if not items:
+        raise UserError(f"no items left to evaluate: all {overlong['dropped']} are longer than max_seq_len={overlong['max_seq_len']}")
     t0 = time.perf_counter()
-    scores = SCORERS[cfg.scoring](model, tokenizer, items, cfg.batch_size, cfg.max_batch_tokens, cfg.progress)
+    scores = SCORERS[cfg.scoring](model, tokenizer, items, cfg.batch_size, cfg.max_batch_tokens, cfg.progress, prompts=prompts)
     scoring_s = time.perf_counter() - t0
-    preds = predictions(items, scores)
+    preds = predictions(items, scores, rules)
     benchmarks = summarise(preds)
-    out = default_out(cfg)
-    out.mkdir(parents=True, exist_ok=True)
     result = {
         "model": model_info,
         "template": TEMPLATE,
@@ -279,14 +361,17 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "data": data_desc,
         "split": data_desc["split"],
         "n_items": len(items),
+        "overlong": overlong,
+        "domain_rules": rules.describe(),
         "benchmarks": benchmarks,
         "elapsed_s": time.perf_counter() - t_start,
         "scoring_s": scoring_s,
         "items_per_s": len(items) / scoring_s if scoring_s > 0 else None,
         "config": asdict(cfg),
     }
-    _write_text(out / "predictions.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds))
-    _write_text(out / "eval.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    with writing(out):
+        _write_text(out / "predictions.jsonl", "".join(json_line(p) for p in preds))
+        _write_text(out / "eval.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     print(format_table(benchmarks))
     print(f"{len(items)} items, {cfg.scoring} scoring, {scoring_s:.1f}s; wrote {out / 'eval.json'}")
     if cfg.run:
@@ -299,9 +384,11 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
 __all__ = [
     "EvalConfig",
+    "check_device",
     "check_run_dir",
     "default_out",
     "evaluate",
+    "fit_prompts",
     "format_table",
     "load_for_eval",
     "load_run_config",

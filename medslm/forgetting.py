@@ -2,7 +2,8 @@
 
 ``python evaluate.py compare BASE_EVAL_DIR OTHER_EVAL_DIR [MORE...]`` reads each directory's
 ``predictions.jsonl`` (written by ``evaluate.py``), matches items by id, and compares BASE with
-every OTHER on each benchmark and each subject:
+every OTHER on each benchmark, each subject and each domain (:mod:`medslm.domains`; the rows
+carry ``domain``, and appear where the predictions have domains that differ from the subjects):
 
 - accuracy of both, delta in percentage points (other - base);
 - a paired percentile-bootstrap 95% interval of the delta (items resampled with replacement, the
@@ -65,6 +66,8 @@ def read_predictions(eval_dir: str | Path) -> dict[str, dict[str, Any]]:
                 rec[k]  # noqa: B018  presence check
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise UserError(f"{path}:line {lineno}: not a prediction record ({exc})") from None
+        if not isinstance(rec["correct"], bool):  # the string "false" would count as correct
+            raise UserError(f"{path}:line {lineno}: field 'correct' must be true or false, got {rec['correct']!r}")
         if key in records:
             raise UserError(f"{path}:line {lineno}: duplicate item id {key!r}")
         records[key] = rec
@@ -100,24 +103,46 @@ def check_same_items(base_name: str, base: dict[str, dict], other_name: str, oth
             raise UserError(f"item {key!r} has gold {rec['gold']} in {base_name} but {other[key]['gold']} in {other_name}: not the same data")
 
 
-def _groups(base: dict[str, dict]) -> list[tuple[str, str, list[str]]]:
-    """(benchmark, subject, ids) for each benchmark overall and each of its subjects."""
+def has_domains(*evals: dict[str, dict]) -> bool:
+    """True when every record of every eval carries a domain (older predictions.jsonl do not)."""
+    return all("domain" in r for preds in evals for r in preds.values())
+
+
+def check_same_domains(base_name: str, base: dict[str, dict], other_name: str, other: dict[str, dict]) -> None:
+    for key, rec in base.items():
+        if rec["domain"] != other[key]["domain"]:
+            raise UserError(
+                f"item {key!r} has domain {rec['domain']!r} in {base_name} but {other[key]['domain']!r} in {other_name}: "
+                "the evals used different domain rules; evaluate both with the same --domain-rules"
+            )
+
+
+def _groups(base: dict[str, dict], domains: bool = False) -> list[tuple[str, str, str, list[str]]]:
+    """(benchmark, subject, domain, ids) for each benchmark overall, each subject and each domain."""
     out = []
     for bench in sorted({r["benchmark"] for r in base.values()}):
         ids = sorted(k for k, r in base.items() if r["benchmark"] == bench)
-        out.append((bench, ALL, ids))
+        out.append((bench, ALL, ALL, ids))
         for subj in sorted({base[k]["subject"] for k in ids}):
-            out.append((bench, subj, [k for k in ids if base[k]["subject"] == subj]))
+            out.append((bench, subj, ALL, [k for k in ids if base[k]["subject"] == subj]))
+        if domains and any(base[k]["domain"] != base[k]["subject"] for k in ids):
+            for dom in sorted({base[k]["domain"] for k in ids}):
+                out.append((bench, ALL, dom, [k for k in ids if base[k]["domain"] == dom]))
     return out
 
 
 def compare_predictions(base: dict[str, dict], other: dict[str, dict], n_resamples: int = 10_000, seed: int = 0, alpha: float = 0.05) -> list[dict[str, Any]]:
-    """One row per benchmark and subject: ``medslm.stats.compare_correctness`` plus names."""
+    """One row per benchmark, subject and domain: ``medslm.stats.compare_correctness`` plus names.
+
+    Domain rows come only when both evals have domains (and they must agree item by item)."""
+    domains = has_domains(base, other)
+    if domains:
+        check_same_domains("the base eval", base, "the other eval", other)
     rows = []
-    for bench, subj, ids in _groups(base):
+    for bench, subj, dom, ids in _groups(base, domains):
         b = np.array([bool(base[k]["correct"]) for k in ids])
         o = np.array([bool(other[k]["correct"]) for k in ids])
-        rows.append({"benchmark": bench, "subject": subj, **compare_correctness(b, o, n_resamples=n_resamples, seed=seed, alpha=alpha)})
+        rows.append({"benchmark": bench, "subject": subj, "domain": dom, **compare_correctness(b, o, n_resamples=n_resamples, seed=seed, alpha=alpha)})
     return rows
 
 
@@ -125,12 +150,12 @@ def format_markdown(result: dict[str, Any]) -> str:
     parts = []
     for comp in result["comparisons"]:
         parts.append(f"### {result['base']} → {comp['other']}\n")
-        parts.append("| benchmark | subject | n | base acc | other acc | Δ (pp) | 95% CI (pp) | McNemar p | forgetting |")
-        parts.append("|---|---|---:|---:|---:|---:|---|---:|---|")
+        parts.append("| benchmark | subject | domain | n | base acc | other acc | Δ (pp) | 95% CI (pp) | McNemar p | forgetting |")
+        parts.append("|---|---|---|---:|---:|---:|---:|---|---:|---|")
         for r in comp["rows"]:
             flag = "**yes**" if r["forgetting"] else ("gain" if r["significant"] else "")
             parts.append(
-                f"| {r['benchmark']} | {r['subject']} | {r['n']} | {100 * r['acc_base']:.1f} | {100 * r['acc_other']:.1f} "
+                f"| {r['benchmark']} | {r['subject']} | {r.get('domain', ALL)} | {r['n']} | {100 * r['acc_base']:.1f} | {100 * r['acc_other']:.1f} "
                 f"| {r['delta_pp']:+.1f} | [{r['ci_low_pp']:+.1f}, {r['ci_high_pp']:+.1f}] | {r['mcnemar_p']:.3g} | {flag} |"
             )
         parts.append("")
@@ -155,6 +180,8 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
     others = [(name, read_predictions(name)) for name in cfg.eval_dirs[1:]]
     for name, preds in others:
         check_same_items(base_name, base, name, preds)
+        if has_domains(base, preds):
+            check_same_domains(base_name, base, name, preds)
     result: dict[str, Any] = {
         "base": base_name,
         "n_resamples": cfg.n_resamples,
@@ -165,6 +192,8 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
             {"other": name, "rows": compare_predictions(base, preds, cfg.n_resamples, cfg.seed, cfg.alpha)} for name, preds in others
         ],
     }
+    if not has_domains(base, *(p for _, p in others)):
+        result["note"] = "no per-domain rows: some predictions.jsonl have no domain (evaluated before domains existed)"
     scorings = {m.get("scoring") for m in result["evals"].values() if m.get("scoring")}
     if len(scorings) > 1:
         result["warning"] = f"the evals used different scoring methods: {sorted(scorings)}"
@@ -176,8 +205,19 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
     print(markdown)
     if "warning" in result:
         print(f"warning: {result['warning']}")
+    if "note" in result:
+        print(f"note: {result['note']}")
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return result
 
 
-__all__ = ["CompareConfig", "check_same_items", "compare", "compare_predictions", "format_markdown", "read_predictions"]
+__all__ = [
+    "CompareConfig",
+    "check_same_domains",
+    "check_same_items",
+    "compare",
+    "compare_predictions",
+    "format_markdown",
+    "has_domains",
+    "read_predictions",
+]

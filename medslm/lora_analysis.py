@@ -24,8 +24,10 @@ from typing import Any, Literal
 
 import torch
 
+from medslm.cli import UserError
 from medslm.config import ConfigError
-from medslm.evaluation import EvalConfig, load_for_eval, load_run_config, resolve_device, select_items
+from medslm.evaluation import EvalConfig, fit_prompts, load_for_eval, load_run_config, resolve_device, select_items
+from medslm.files import writing
 from medslm.modeling import decoder_layers
 from medslm.prompts import encode_prompt, format_prompt
 from medslm.records import MCQItem
@@ -132,13 +134,13 @@ class LoraDeltaMeter:
 
 
 @torch.inference_mode()
-def measure_lora_activations(model: Any, tokenizer: Any, items: Sequence[MCQItem], batch_size: int = 16, max_batch_tokens: int = 16384, progress: bool = False) -> dict[str, Any]:
+def measure_lora_activations(model: Any, tokenizer: Any, items: Sequence[MCQItem], batch_size: int = 16, max_batch_tokens: int = 16384, progress: bool = False, prompts: Sequence[list[int]] | None = None) -> dict[str, Any]:
     """Per-group, per-layer LoRA delta magnitudes (see the module docstring) on ``items``."""
     from medslm.console import Progress
 
     n_layers = len(decoder_layers(model))
     device = model.get_input_embeddings().weight.device
-    prompts = [encode_prompt(tokenizer, format_prompt(it)) for it in items]
+    prompts = list(prompts) if prompts is not None else [encode_prompt(tokenizer, format_prompt(it)) for it in items]
     pad = pad_token_id(tokenizer)
     was_training = model.training
     model.eval()
@@ -214,12 +216,17 @@ def lora_activations(cfg: LoraActivationsConfig) -> dict[str, Any]:
     run_cfg = load_run_config(cfg.run)
     items, data_desc = select_items(ecfg, run_cfg)
     model, tokenizer, model_info = load_for_eval(ecfg, run_cfg)
-    result = measure_lora_activations(model, tokenizer, items, cfg.batch_size, cfg.max_batch_tokens, cfg.progress)
-    result.update({"model": model_info, "data": data_desc})
+    # the training run's length limit and overlong policy, as evaluate.py applies them
+    items, prompts, overlong = fit_prompts(items, tokenizer, "letter", run_cfg.data.max_seq_len, run_cfg.data.overlong)
+    if not items:
+        raise UserError(f"no items left: all {overlong['dropped']} are longer than max_seq_len={overlong['max_seq_len']}")
+    result = measure_lora_activations(model, tokenizer, items, cfg.batch_size, cfg.max_batch_tokens, cfg.progress, prompts=prompts)
+    result.update({"model": model_info, "data": data_desc, "overlong": overlong})
     out = Path(cfg.out) if cfg.out else Path(cfg.run) / "lora_activations"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "lora_activations.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    plot_layers(result, out / "lora_activations.png", f"LoRA contribution per layer: {Path(cfg.run).name}")
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "lora_activations.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        plot_layers(result, out / "lora_activations.png", f"LoRA contribution per layer: {Path(cfg.run).name}")
     names = list(result["groups"])
     print("layer  " + "  ".join(f"{g:>12}" for g in names))
     for layer in result["layers"]:

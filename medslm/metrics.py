@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import resource
 import threading
 from pathlib import Path
@@ -11,8 +12,13 @@ from typing import Any
 import torch
 
 
+def strict_json(record: dict[str, Any]) -> dict[str, Any]:
+    """nan and inf as null: ``json.dumps`` would write NaN/Infinity, which strict JSON readers reject."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+
+
 class MetricsLogger:
-    """``log(step, {...})`` writes one JSON object per call to metrics.jsonl and scalars to TensorBoard."""
+    """``log(step, {...})`` writes one strict JSON object per call to metrics.jsonl and scalars to TensorBoard."""
 
     def __init__(self, output_dir: str | Path, enabled: bool, resume_step: int = 0):
         self.enabled = enabled
@@ -36,16 +42,19 @@ class MetricsLogger:
         self._file = path.open("a", encoding="utf-8")
         from torch.utils.tensorboard import SummaryWriter
 
-        self._tb = SummaryWriter(log_dir=str(out / "tb"), purge_step=resume_step + 1 if resume_step else None)
+        # events after the step this run starts from (all of them at step 0) belong to a run that was cut short
+        self._tb = SummaryWriter(log_dir=str(out / "tb"), purge_step=resume_step + 1)
 
     def log(self, step: int, record: dict[str, Any], kind: str = "train") -> None:
         if not self.enabled:
             return
-        rec = {"step": step, "kind": kind, **record}
+        rec = strict_json({"step": step, "kind": kind, **record})
         assert self._file is not None and self._tb is not None
-        self._file.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self._file.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
         self._file.flush()
-        for key, value in record.items():
+        for key, value in rec.items():
+            if key in ("step", "kind"):
+                continue
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self._tb.add_scalar(f"{kind}/{key}", value, step)
         self._tb.flush()

@@ -17,13 +17,16 @@ taken whole and the other side is subsampled (seeded, stratified by subject). Wi
 ``upsample=True`` the other side is taken whole instead and the limiting side is repeated
 (every item the same number of times, plus a seeded sample for the remainder). ``0:1`` or ``1:0``
 train on one language alone.
+
+The subsample and the order of the mix are functions of the items' content and the seed only:
+each item is ranked by a SHA-256 of the seed and its :func:`content_key`, so the same questions
+give the same mix in the same order whether they come shuffled, as CSV, Parquet or a hub folder.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import random
 import re
 import unicodedata
 from collections import Counter, defaultdict
@@ -109,8 +112,15 @@ def split_items(items: list[MCQItem], mode: SplitMode = "hash") -> SplitResult:
     return SplitResult(splits, unsplit, leaks, dups)
 
 
-def _stratified_sample(items: list[MCQItem], k: int, rng: random.Random) -> list[MCQItem]:
-    """``k`` items without replacement, subjects kept in proportion (largest remainder)."""
+def seeded_rank(item: MCQItem, seed: int, salt: str = "") -> tuple[str, str]:
+    """Where ``item`` falls in a seeded order that depends on its content, never on file order."""
+    digest = hashlib.sha256(f"{seed}\x1e{salt}\x1e{content_key(item)}".encode()).hexdigest()
+    return digest, item.id  # the id only breaks ties between copies of one question
+
+
+def _stratified_sample(items: list[MCQItem], k: int, seed: int) -> list[MCQItem]:
+    """``k`` items without replacement, subjects kept in proportion (largest remainder); each
+    subject's items are taken in their seeded content order."""
     if k >= len(items):
         return list(items)
     groups: dict[str, list[MCQItem]] = defaultdict(list)
@@ -123,13 +133,24 @@ def _stratified_sample(items: list[MCQItem], k: int, rng: random.Random) -> list
         alloc[s] += 1
     out: list[MCQItem] = []
     for s in sorted(groups):
-        out.extend(rng.sample(groups[s], alloc[s]))
+        out.extend(sorted(groups[s], key=lambda it: seeded_rank(it, seed, "sample"))[: alloc[s]])
     return out
 
 
-def _upsample(items: list[MCQItem], k: int, rng: random.Random) -> list[MCQItem]:
+def _upsample(items: list[MCQItem], k: int, seed: int) -> list[MCQItem]:
     reps, rem = divmod(k, len(items))
-    return list(items) * reps + _stratified_sample(items, rem, rng)
+    return list(items) * reps + _stratified_sample(items, rem, seed)
+
+
+def _seeded_order(items: list[MCQItem], seed: int) -> list[MCQItem]:
+    """The training order of the mix: a seeded shuffle keyed on content (copy n of an item is
+    ranked with salt n, so repeats spread out)."""
+    copies: Counter[str] = Counter()
+    keyed = []
+    for it in items:
+        keyed.append((seeded_rank(it, seed, f"order-{copies[it.id]}"), it))
+        copies[it.id] += 1
+    return [it for _, it in sorted(keyed, key=lambda kv: kv[0])]
 
 
 @dataclass
@@ -156,7 +177,7 @@ class MixError(ValueError):
 
 
 def mix_by_ratio(items: list[MCQItem], ratio: tuple[int, int], seed: int = 0, upsample: bool = False) -> MixResult:
-    """Build the training mix for ``ratio`` (EN:KO item counts); shuffled, seeded."""
+    """Build the training mix for ``ratio`` (EN:KO item counts); seeded, shuffled by content."""
     en_w, ko_w = ratio
     en = [it for it in items if it.language == "en"]
     ko = [it for it in items if it.language == "ko"]
@@ -164,7 +185,6 @@ def mix_by_ratio(items: list[MCQItem], ratio: tuple[int, int], seed: int = 0, up
         raise MixError(f"ratio {en_w}:{ko_w} needs English items, but the training split has none")
     if ko_w and not ko:
         raise MixError(f"ratio {en_w}:{ko_w} needs Korean items, but the training split has none")
-    rng = random.Random(seed)
     if en_w == 0:
         n_en, n_ko = 0, len(ko)
     elif ko_w == 0:
@@ -176,10 +196,9 @@ def mix_by_ratio(items: list[MCQItem], ratio: tuple[int, int], seed: int = 0, up
         if not upsample:
             n_en, n_ko = min(n_en, len(en)), min(n_ko, len(ko))
     take = _upsample if upsample else _stratified_sample
-    chosen_en = take(en, n_en, rng) if n_en else []
-    chosen_ko = take(ko, n_ko, rng) if n_ko else []
-    mixed = chosen_en + chosen_ko
-    rng.shuffle(mixed)
+    chosen_en = take(en, n_en, seed) if n_en else []
+    chosen_ko = take(ko, n_ko, seed) if n_ko else []
+    mixed = _seeded_order(chosen_en + chosen_ko, seed)
     return MixResult(
         items=mixed,
         ratio=ratio,

@@ -56,8 +56,9 @@ class ModelConfig:
 
 @dataclass
 class LoraConfigSection:
-    """The LoRA adapter (the only trained weights)."""
+    """The LoRA adapter (the only trained weights), or full fine-tuning when disabled."""
 
+    enabled: bool = True  # false: full fine-tuning, every weight trains (needs model.quantization: none)
     r: int = 16  # adapter rank
     alpha: int = 64  # scaling numerator: the adapter's output is multiplied by alpha / r
     dropout: float = 0.05  # dropout on the adapter's input, in training only
@@ -67,6 +68,8 @@ class LoraConfigSection:
     def validate(self) -> None:
         if self.r < 1:
             raise ConfigError(f"lora.r must be >= 1, got {self.r}")
+        if self.alpha <= 0:  # the adapter's scale is alpha / r: 0 trains an adapter that changes nothing
+            raise ConfigError(f"lora.alpha must be > 0, got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
         if not self.target_modules:
@@ -245,8 +248,18 @@ def _quiet_load_report(on: bool) -> Any:
 
 
 def apply_lora(model: Any, lora: LoraConfigSection, gradient_checkpointing: bool = True) -> Any:
-    """Wrap ``model`` with a PEFT LoRA adapter; only adapter weights are trainable."""
+    """Wrap ``model`` with a PEFT LoRA adapter; only adapter weights are trainable.
+
+    ``lora.enabled: false`` is full fine-tuning (the paper's Table 5 baseline): no adapter, every
+    weight of the (unquantised) model trains."""
     from peft import LoraConfig, get_peft_model
+
+    if not lora.enabled:
+        if gradient_checkpointing:
+            enable_checkpointing(model)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
 
     from medslm.multimodal import lora_target_modules
 
@@ -282,7 +295,8 @@ class AdapterPrecision:
         self.model = model
         self.device = device
         self.dtype = compute_dtype(cfg, device)
-        self.active = cfg.lora_compute_dtype == "auto" and self.dtype != torch.float32
+        # a PEFT adapter only: full fine-tuning has no adapter input to keep in bf16
+        self.active = cfg.lora_compute_dtype == "auto" and self.dtype != torch.float32 and hasattr(model, "peft_config")
         self._disable_cast = None
         if self.active:
             try:

@@ -172,6 +172,8 @@ def rename_saved_adapter(adapter_dir: str | Path, model: Any) -> None:
     if layout.text_prefix == layout.shipped_prefix:
         return
     f = Path(adapter_dir) / "adapter_model.safetensors"
+    if not f.is_file():  # full fine-tuning writes a model, not an adapter
+        return
     pattern = re.compile(rf"^base_model\.model\.{re.escape(layout.text_prefix)}\.layers\.")
     repl = f"base_model.model.{layout.shipped_prefix}.layers."
     tensors = {pattern.sub(repl, k): v for k, v in load_file(str(f)).items()}

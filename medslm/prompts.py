@@ -76,6 +76,38 @@ class OverlongError(ValueError):
     pass
 
 
+def fit_prompt(
+    item: MCQItem,
+    prompt_ids: list[int],
+    reserve: int,
+    max_seq_len: int,
+    overlong: Literal["error", "truncate", "drop"],
+    bos_id: int | None,
+) -> tuple[list[int] | None, bool]:
+    """``(prompt ids, truncated)`` leaving ``reserve`` tokens (the answer) within ``max_seq_len``.
+
+    Too long: :class:`OverlongError` (``"error"``), the prompt loses tokens from the left after BOS
+    so the options survive (``"truncate"``), or ``(None, False)`` (``"drop"``). Training and
+    evaluation both cut prompts here, so they see the same prompts.
+    """
+    total = len(prompt_ids) + reserve
+    if total <= max_seq_len:
+        return prompt_ids, False
+    if overlong == "drop":
+        return None, False
+    if overlong == "error":
+        raise OverlongError(
+            f"{item.source or item.id}: item '{item.id}' is {total} tokens, over max_seq_len={max_seq_len} "
+            "(raise max_seq_len, or set overlong to truncate or drop)"
+        )
+    keep = max_seq_len - reserve
+    has_bos = bos_id is not None and prompt_ids[:1] == [bos_id]
+    if keep < 1 + int(has_bos):
+        raise OverlongError(f"item '{item.id}': the answer alone is longer than max_seq_len={max_seq_len}")
+    tail = prompt_ids[len(prompt_ids) - (keep - int(has_bos)) :]
+    return (prompt_ids[:1] + tail if has_bos else tail), True
+
+
 def build_example(
     item: MCQItem,
     tokenizer: Any,
@@ -87,30 +119,16 @@ def build_example(
 
     An example longer than ``max_seq_len`` raises :class:`OverlongError` (``overlong="error"``),
     loses prompt tokens from the left after BOS so the options and answer survive
-    (``"truncate"``), or is returned as ``None`` (``"drop"``).
+    (``"truncate"``), or is returned as ``None`` (``"drop"``): see :func:`fit_prompt`.
     """
-    prompt_ids = encode_prompt(tokenizer, format_prompt(item))
     target_ids = list(tokenizer(format_target(item, answer_format), add_special_tokens=False)["input_ids"])
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is not None:
         target_ids.append(eos)
-    truncated = False
-    total = len(prompt_ids) + len(target_ids)
-    if total > max_seq_len:
-        if overlong == "drop":
-            return None
-        if overlong == "error":
-            raise OverlongError(
-                f"{item.source or item.id}: item '{item.id}' is {total} tokens, over max_seq_len={max_seq_len} "
-                "(raise max_seq_len, or set overlong to truncate or drop)"
-            )
-        keep = max_seq_len - len(target_ids)
-        has_bos = prompt_ids[:1] == [getattr(tokenizer, "bos_token_id", None)]
-        if keep < 1 + int(has_bos):
-            raise OverlongError(f"item '{item.id}': the answer alone is longer than max_seq_len={max_seq_len}")
-        tail = prompt_ids[len(prompt_ids) - (keep - int(has_bos)) :]
-        prompt_ids = prompt_ids[:1] + tail if has_bos else tail
-        truncated = True
+    bos = getattr(tokenizer, "bos_token_id", None)
+    prompt_ids, truncated = fit_prompt(item, encode_prompt(tokenizer, format_prompt(item)), len(target_ids), max_seq_len, overlong, bos)
+    if prompt_ids is None:
+        return None
     input_ids = prompt_ids + target_ids
     labels = [-100] * len(prompt_ids) + target_ids
     return Example(item.id, input_ids, labels, truncated)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 LETTERS = "ABCDE"
+LANGUAGE_OF = {"medqa": "en", "kormedmcqa": "ko"}  # benchmark -> language; ids start with "<benchmark>/"
 
 
 @dataclass(frozen=True)

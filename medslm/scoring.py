@@ -97,11 +97,13 @@ def _bar(total: int, progress: bool, desc: str, unit: str) -> Any:
 
 
 @torch.inference_mode()
-def score_letters(model: Any, tokenizer: Any, items: Sequence[MCQItem], batch_size: int = 32, max_batch_tokens: int = 16384, progress: bool = False) -> list[list[float]]:
-    """Default scorer: log P(letter token | prompt) for each of the item's options, one pass per item."""
+def score_letters(model: Any, tokenizer: Any, items: Sequence[MCQItem], batch_size: int = 32, max_batch_tokens: int = 16384, progress: bool = False, prompts: Sequence[list[int]] | None = None) -> list[list[float]]:
+    """Default scorer: log P(letter token | prompt) for each of the item's options, one pass per item.
+
+    ``prompts``: the items' prompt ids when the caller has already fitted them to a length limit."""
     device = _device_of(model)
     letters = torch.tensor(letter_token_ids(tokenizer, len(LETTERS)), device=device)
-    prompts = [encode_prompt(tokenizer, format_prompt(it)) for it in items]
+    prompts = list(prompts) if prompts is not None else [encode_prompt(tokenizer, format_prompt(it)) for it in items]
     scores: list[list[float]] = [[] for _ in items]
     with _bar(len(items), progress, "eval", "item") as bar:
         for batch in length_batches([len(p) for p in prompts], batch_size, max_batch_tokens):
@@ -173,11 +175,11 @@ def score_per_option(model: Any, tokenizer: Any, items: Sequence[MCQItem], batch
     return _group(continuation_logprobs(model, tokenizer, reqs, batch_size, 1 << 30, progress, "per-option"), items)
 
 
-def score_option_text(model: Any, tokenizer: Any, items: Sequence[MCQItem], batch_size: int = 32, max_batch_tokens: int = 16384, progress: bool = False) -> list[list[float]]:
+def score_option_text(model: Any, tokenizer: Any, items: Sequence[MCQItem], batch_size: int = 32, max_batch_tokens: int = 16384, progress: bool = False, prompts: Sequence[list[int]] | None = None) -> list[list[float]]:
     """acc_norm: log P(" X. text" | prompt) / len("X. text") in characters."""
     reqs, norms = [], []
-    for it in items:
-        prompt = encode_prompt(tokenizer, format_prompt(it))
+    for i, it in enumerate(items):
+        prompt = prompts[i] if prompts is not None else encode_prompt(tokenizer, format_prompt(it))
         for k, text in enumerate(it.options):
             choice = f"{LETTERS[k]}. {text}"
             reqs.append((prompt, list(tokenizer(" " + choice, add_special_tokens=False)["input_ids"])))

@@ -3,8 +3,14 @@
 Every trial is an ordinary training run (``OUT/<trial>/{config.yaml,metrics.jsonl,tb/,adapter/,eval/}``)
 built from one base :class:`TrainConfig` (YAML + ``--section.key=value`` overrides) plus the trial's
 ``lora.r``/``lora.alpha`` or ``data.ratio``. Everything is parsed and validated before Ray starts.
-At the end ``OUT/results.json`` and ``OUT/results.md`` hold one record per trial, failed ones included
-(with their error); ``tensorboard --logdir OUT`` shows every run.
+At the end ``OUT/results.json`` and ``OUT/results.md`` hold one record per trial, failed and
+interrupted ones included; ``tensorboard --logdir OUT`` shows every run. The ratio sweep also
+evaluates the base model once (trial ``base``, no training) and writes the decision report
+(:mod:`medslm.report`: ``OUT/report.md``, ``tradeoff.png``, ``recommendation.json``).
+
+Rerunning the same command into the same ``--out`` skips finished trials and resumes the others
+from their checkpoints (:mod:`medslm.trials`); a crashed trial is retried ``--retries`` times
+(default 1) by Ray Tune, resuming from its checkpoint.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from medslm import trials as T
 from medslm.config import ConfigError, apply_mapping, option_pairs, parse_config, parse_ratio, to_dict
+from medslm.report import REPORT_OPTIONS, ReportConfig, set_option
 from medslm.train_config import DEFAULT_CONFIG, TrainConfig
 
 Kind = Literal["grid", "ratios"]
@@ -48,6 +56,10 @@ class SweepConfig:
     address: str | None = None  # None: start Ray locally; "auto" or ray://HOST:PORT: connect
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
+    retries: int = 1  # Ray Tune FailureConfig.max_failures: a crashed trial is retried (resuming) this often
+    domain_rules: str | None = None  # topic rules for every evaluation (None: the shipped file)
+    report_only: bool = False  # ratios: rebuild the decision report from finished trials, run nothing
+    report: ReportConfig = field(default_factory=ReportConfig)  # ratios: reference and use weights
     train_args: list[str] = field(default_factory=list)  # --section.key=value for every trial
 
     def validate(self) -> None:
@@ -57,6 +69,8 @@ class SweepConfig:
             raise ConfigError(f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}")
         if self.gpus_per_trial < 0:
             raise ConfigError(f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}")
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise ConfigError(f"--retries must be an integer >= 0, got {self.retries!r}")
         if self.kind == "grid":
             for name, values in (("--ranks", self.ranks), ("--alphas", self.alphas)):
                 if not values:
@@ -71,6 +85,7 @@ class SweepConfig:
             for r in self.ratios:
                 parse_ratio(r)
             _no_duplicates("--ratios", [parse_ratio(r) for r in self.ratios])
+            self.report.validate(self.ratios)
         for arg in self.train_args:
             key = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
             if key in SWEPT_KEYS[self.kind]:
@@ -100,7 +115,8 @@ def _no_duplicates(name: str, values: list[Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 _LIST_OPTS = {"ranks": int, "alphas": int, "ratios": str}
-_SCALAR_OPTS = {"config": str, "out": str, "address": str, "cpus-per-trial": float, "gpus-per-trial": float}
+_SCALAR_OPTS = {"config": str, "out": str, "address": str, "cpus-per-trial": float, "gpus-per-trial": float,
+                "retries": int, "domain-rules": str}
 
 
 def _split_list(opt: str, text: str, conv: type) -> list[Any]:
@@ -125,23 +141,34 @@ def parse_sweep_args(kind: Kind, argv: list[str], default_out: str) -> SweepConf
     """Sweep options (``--ranks 8,16``, ``--out DIR``, ...); every other ``--a.b=v`` goes to TrainConfig."""
     cfg = SweepConfig(kind=kind, out=default_out)
     allowed_lists = {"grid": ("ranks", "alphas"), "ratios": ("ratios",)}[kind]
+    if "--report-only" in argv:  # the one flag without a value
+        if kind != "ratios":
+            raise ConfigError("--report-only is an option of the ratio sweep")
+        cfg.report_only = True
+        argv = [a for a in argv if a != "--report-only"]
     for key, value in option_pairs(argv):
-        if key in _LIST_OPTS:
+        if key in REPORT_OPTIONS:
+            if kind != "ratios":
+                raise ConfigError(f"--{key} is an option of the ratio sweep's decision report")
+            set_option(cfg.report, key, value)
+        elif key in _LIST_OPTS:
             if key not in allowed_lists:
                 raise ConfigError(f"--{key} is not an option of the {kind} sweep")
             setattr(cfg, key, _split_list(key, value, _LIST_OPTS[key]))
         elif key in _SCALAR_OPTS:
-            if _SCALAR_OPTS[key] is float:
+            conv = _SCALAR_OPTS[key]
+            if conv in (float, int):
                 try:
-                    setattr(cfg, key.replace("-", "_"), float(value))
+                    setattr(cfg, key.replace("-", "_"), conv(value))
                 except ValueError:
-                    raise ConfigError(f"--{key} must be a number, got {value!r}") from None
+                    raise ConfigError(f"--{key} must be {'an integer' if conv is int else 'a number'}, got {value!r}") from None
             else:
-                setattr(cfg, key, value)
+                setattr(cfg, key.replace("-", "_"), value)
         elif "." in key:  # a TrainConfig override, checked by parse_config in build_trials
             cfg.train_args.append(f"--{key}={value}")
         else:
-            known = ", ".join(f"--{k}" for k in [*allowed_lists, *_SCALAR_OPTS])
+            extra = [*REPORT_OPTIONS, "report-only"] if kind == "ratios" else []
+            known = ", ".join(f"--{k}" for k in [*allowed_lists, *_SCALAR_OPTS, *extra])
             raise ConfigError(f"command line: unknown option --{key} (sweep options: {known}; "
                               "training options are --section.key=value)")
     cfg.validate()
@@ -154,23 +181,19 @@ def parse_sweep_args(kind: Kind, argv: list[str], default_out: str) -> SweepConf
 
 
 def trial_name(params: dict[str, Any]) -> str:
+    if "reference" in params:
+        return "base"
     if "ratio" in params:
         en, ko = parse_ratio(params["ratio"])
         return f"ratio-{en}-{ko}"
     return f"r{params['r']}-a{params['alpha']}"
 
 
-def param_grid(cfg: SweepConfig) -> dict[str, list[Any]]:
-    """The swept values, in the order given (Tune takes their cross product)."""
-    if cfg.kind == "grid":
-        return {"r": list(cfg.ranks), "alpha": list(cfg.alphas)}
-    return {"ratio": list(cfg.ratios)}
-
-
 def trial_params(cfg: SweepConfig) -> list[dict[str, Any]]:
     if cfg.kind == "grid":
         return [{"r": r, "alpha": a} for r in cfg.ranks for a in cfg.alphas]
-    return [{"ratio": x} for x in cfg.ratios]
+    base = [{"reference": "base"}] if cfg.report.reference == "base" else []  # evaluated once, no training
+    return base + [{"ratio": x} for x in cfg.ratios]
 
 
 def base_train_config(cfg: SweepConfig) -> TrainConfig:
@@ -178,13 +201,16 @@ def base_train_config(cfg: SweepConfig) -> TrainConfig:
 
 
 def trial_train_config(base: dict[str, Any], params: dict[str, Any], out: str | Path) -> TrainConfig:
-    """The base config (a ``to_dict`` tree) + this trial's values and its own output_dir. Progress
-    follows the base config: a Ray worker's stdout is not a terminal, so it is plain lines."""
+    """The base config (a ``to_dict`` tree) + this trial's values, its own output_dir, and
+    ``train.resume=auto``: a rerun continues from the trial's newest checkpoint. Progress follows
+    the base config: a Ray worker's stdout is not a terminal, so it is plain lines in its log."""
     tc = TrainConfig()
     apply_mapping(tc, base, "sweep base config")
     name = trial_name(params)
-    tree: dict[str, Any] = {"train": {"output_dir": str(Path(out).resolve() / name)}}
-    if "ratio" in params:
+    tree: dict[str, Any] = {"train": {"output_dir": str(Path(out).resolve() / name), "resume": "auto"}}
+    if "reference" in params:
+        pass  # the base model, evaluated on the same items; nothing of the config is swept
+    elif "ratio" in params:
         tree["data"] = {"ratio": params["ratio"]}
     else:
         tree["lora"] = {"r": params["r"], "alpha": params["alpha"]}
@@ -227,11 +253,19 @@ def metrics_of(train_result: dict[str, Any], eval_result: dict[str, Any] | None)
             m[f"n_{b}"] = benches[b]["n"]
         else:
             m[f"acc_{b}"] = None
+    m["domains"] = {b: {d: s["accuracy"] for d, s in v.get("domains", {}).items()} for b, v in benches.items() if v.get("domains")}
     return {k: v for k, v in m.items() if v is not None or k.startswith("acc_")}
 
 
-def run_trial(base: dict[str, Any], params: dict[str, Any], out: str, threads: int) -> dict[str, Any]:
-    """Train + evaluate one trial in this process (a world of one); returns the metrics."""
+TRAIN_SUMMARY = ("final_loss", "val_losses", "steps", "peak_mem_gb", "packing_efficiency")
+
+
+def run_trial(base: dict[str, Any], params: dict[str, Any], out: str, threads: int, domain_rules: str | None = None) -> dict[str, Any]:
+    """Train + evaluate one trial in this process (a world of one); returns the metrics.
+
+    The trial's state goes to ``OUT/<trial>/trial.json`` (:mod:`medslm.trials`): a trial that
+    finished training earlier is only evaluated; otherwise training resumes from its newest
+    checkpoint. The ``base`` trial evaluates the base model on the same items, without training."""
     import sys
 
     import torch
@@ -240,37 +274,78 @@ def run_trial(base: dict[str, Any], params: dict[str, Any], out: str, threads: i
     if repo not in sys.path:
         sys.path.insert(0, repo)  # train.py lives at the repository root
     import train as train_entry
+    from medslm.checkpoint import latest_checkpoint
+    from medslm.domains import load_rules
     from medslm.evaluation import EvalConfig, evaluate
 
     for k in TORCHRUN_ENV:
         os.environ.pop(k, None)
     torch.set_num_threads(max(1, threads))
     tc = trial_train_config(base, params, out)
-    result = train_entry.main(tc)
-    ev = evaluate(EvalConfig(run=result["output_dir"], progress=tc.train.progress))
-    metrics = metrics_of(result, ev)
-    metrics["run_dir"] = result["output_dir"]
+    run_dir = Path(tc.train.output_dir)
+    reference = "reference" in params
+    key = T.config_key(tc, reference=reference)
+    eval_key = T.eval_key(load_rules(domain_rules))
+    doc = T.read_trial(run_dir)
+    doc = doc if doc is not None and doc["config"] == key else None
+    state: dict[str, Any] = {"trial": trial_name(params), "params": params, "config": key, "eval_key": eval_key,
+                             "starts": (doc or {}).get("starts", [])}
+    state["starts"].append({"at": T.now_iso(), "resume_from_step": None if reference else _step_of(latest_checkpoint(run_dir))})
+    if doc is not None and doc["stage"] in ("trained", "done"):
+        state.update(stage="trained", train=doc.get("train", {}))
+        state["starts"][-1]["evaluate_only"] = True
+    T.write_trial(run_dir, {**state, "stage": state.get("stage", "running")})
+    if reference:
+        ecfg = EvalConfig(model=tc.model.name_or_path, split="test", out=str(run_dir / "eval"), progress=tc.train.progress,
+                          domain_rules=domain_rules)
+        ev = evaluate(ecfg, base_of=tc)
+        metrics = metrics_of({}, ev)
+    else:
+        if "train" not in state:
+            result = train_entry.main(tc)
+            state.update(stage="trained", train={k: result.get(k) for k in TRAIN_SUMMARY})
+            T.write_trial(run_dir, state)
+        ev = evaluate(EvalConfig(run=str(run_dir), progress=tc.train.progress, domain_rules=domain_rules))
+        metrics = {**metrics_of(state["train"], ev), **T.measured(run_dir)}
+    metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+    state.update(stage="done", metrics=metrics, finished=T.now_iso())
+    T.write_trial(run_dir, state)
+    metrics["run_dir"] = str(run_dir)
     return metrics
 
 
-def _trainable(config: dict[str, Any], base: dict[str, Any], out: str, threads: int,
-               cwd: str | None, env: dict[str, str]) -> None:
+def _step_of(checkpoint: Path | None) -> int:
+    return int(checkpoint.name.split("-")[-1]) if checkpoint is not None else 0
+
+
+def _trainable(config: dict[str, Any], plan: dict[str, dict[str, Any]], base: dict[str, Any], out: str, threads: int,
+               cwd: str | None, env: dict[str, str], domain_rules: str | None) -> None:
     from ray import tune
 
+    from medslm.cli import USER_ERRORS
+
+    for k in [k for k in os.environ if k.startswith("MEDSLM_") and k not in env]:
+        del os.environ[k]  # a reused worker keeps nothing from an earlier sweep
     os.environ.update(env)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
     if cwd and os.path.isdir(cwd):
         os.chdir(cwd)  # relative data/model paths in the config mean what they meant to the driver
-    params = {k: config[k] for k in ("r", "alpha", "ratio") if k in config}
+    params = plan[config["trial"]]
     run_dir = Path(out) / trial_name(params)
+    (run_dir / "error.txt").unlink(missing_ok=True)  # from an earlier attempt
     try:
-        metrics = run_trial(base, params, out, threads)
+        metrics = run_trial(base, params, out, threads, domain_rules)
+    except USER_ERRORS as exc:  # deterministic (bad data, incompatible checkpoint): reported, not retried
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+        tune.report({"user_error": f"{type(exc).__name__}: {exc}"})
+        return
     except BaseException:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
         raise
-    tune.report(metrics)
+    tune.report({k: v for k, v in metrics.items() if not isinstance(v, dict)})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,30 +371,63 @@ def _error_line(err: BaseException | None, run_dir: Path) -> str:
     return f"{type(cause).__name__}: {text[-1] if text else ''}"
 
 
-def collect(trials: list[tuple[str, dict[str, Any], TrainConfig]], result_grid: Any, out: Path) -> list[dict[str, Any]]:
-    """One record per planned trial, in natural name order; a trial with no result is failed."""
+def _trial_of(res: Any) -> str | None:
+    conf = res.config or {}
+    if "trial" in conf:
+        return conf["trial"]
+    params = {k: conf[k] for k in ("r", "alpha", "ratio") if k in conf}
+    return trial_name(params) if params else None
+
+
+def _history(doc: dict[str, Any]) -> str:
+    starts = doc.get("starts", [])
+    resumed = [s["resume_from_step"] for s in starts if s.get("resume_from_step")]
+    parts = [f"{len(starts)} starts"] if len(starts) > 1 else []
+    if resumed:
+        parts.append(f"resumed from step {', '.join(map(str, resumed))}")
+    return "; ".join(parts)
+
+
+def collect(trials: list[tuple[str, dict[str, Any], TrainConfig]], result_grid: Any, out: Path,
+            eval_key: dict[str, Any] | None = None, ran: set[str] | None = None) -> list[dict[str, Any]]:
+    """One record per planned trial, in natural name order (``base`` first).
+
+    ``ok``: its trial.json is done with this config (and these eval settings); ``failed``: Ray
+    reported an error (or a user error) for it; ``interrupted``: it has no result and no error (the
+    sweep was stopped, or never got to it) -- a rerun resumes it from its newest checkpoint."""
+    from medslm.checkpoint import latest_checkpoint
+
     by_name: dict[str, Any] = {}
-    for res in result_grid:
-        params = {k: res.config[k] for k in ("r", "alpha", "ratio") if k in (res.config or {})}
-        if params:
-            by_name[trial_name(params)] = res
+    for res in result_grid or []:
+        name = _trial_of(res)
+        if name:
+            by_name[name] = res
     records = []
     for name, params, tc in trials:
         run_dir = Path(tc.train.output_dir)
         res = by_name.get(name)
-        rec: dict[str, Any] = {"trial": name, "params": params, "run_dir": str(run_dir)}
+        rec: dict[str, Any] = {"trial": name, "params": params, "run_dir": str(run_dir), "metrics": {}}
+        doc = T.read_trial(run_dir)
+        done = (doc is not None and doc["stage"] == "done" and doc["config"] == T.config_key(tc, reference="reference" in params)
+                and (eval_key is None or doc.get("eval_key") == eval_key))
         metrics = dict(res.metrics or {}) if res is not None else {}
-        if res is not None and res.error is None and "final_loss" in metrics:
+        if done:
             rec["status"] = "ok"
-            keep = ["final_loss", "val_loss", "steps", "packing_efficiency", "peak_mem_gb"]
-            keep += sorted(k for k in metrics if k.startswith(("acc_", "n_")))
-            rec["metrics"] = {k: metrics.get(k) for k in keep}
-        else:
+            rec["metrics"] = doc["metrics"]
+            note = _history(doc)
+            if ran is not None and name not in ran:
+                note = "; ".join(x for x in ("finished earlier: reused", note) if x)
+            if note:
+                rec["note"] = note
+        elif res is not None and (res.error is not None or "user_error" in metrics):
             rec["status"] = "failed"
-            rec["error"] = _error_line(res.error if res is not None else None, run_dir)
-            rec["metrics"] = {}
+            rec["error"] = metrics.get("user_error") or _error_line(res.error, run_dir)
+        else:
+            rec["status"] = "interrupted"
+            ckpt = latest_checkpoint(run_dir)
+            rec["note"] = f"rerun to resume from checkpoint step {_step_of(ckpt)}" if ckpt else "rerun to start it"
         records.append(rec)
-    records.sort(key=lambda r: _natural(r["trial"]))
+    records.sort(key=lambda r: (r["trial"] != "base", _natural(r["trial"])))
     return records
 
 
@@ -333,16 +441,19 @@ def _fmt(v: Any, pct: bool = False) -> str:
 
 def results_table(records: list[dict[str, Any]]) -> str:
     benches = sorted({k[4:] for r in records for k in r["metrics"] if k.startswith("acc_")} | set(BENCHMARKS))
-    head = ["trial", "params", "status", "final_loss", "val_loss", *[f"acc {b}" for b in benches],
-            "packing eff.", "peak mem GB", "run dir / error"]
+    head = ["trial", "params", "status", "final_loss", "val_loss", *[f"acc {b}" for b in benches], "KorMedMCQA by domain",
+            "packing eff.", "peak mem GB", "train min", "run dir / error"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         m = r["metrics"]
         params = ", ".join(f"{k}={v}" for k, v in r["params"].items())
         tail = r["run_dir"] if r["status"] == "ok" else r.get("error", "").replace("|", "\\|")
+        if r.get("note"):
+            tail = f"{tail} ({r['note']})" if tail else r["note"]
+        doms = ", ".join(f"{d} {_fmt(a, pct=True)}" for d, a in m.get("domains", {}).get("kormedmcqa", {}).items()) or "-"
         cells = [r["trial"], params, r["status"], _fmt(m.get("final_loss")), _fmt(m.get("val_loss")),
-                 *[_fmt(m.get(f"acc_{b}"), pct=True) for b in benches],
-                 _fmt(m.get("packing_efficiency")), _fmt(m.get("peak_mem_gb")), tail]
+                 *[_fmt(m.get(f"acc_{b}"), pct=True) for b in benches], doms,
+                 _fmt(m.get("packing_efficiency")), _fmt(m.get("peak_mem_gb")), _fmt(m.get("train_minutes")), tail]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -357,13 +468,8 @@ def write_results(records: list[dict[str, Any]], cfg: SweepConfig, out: Path) ->
     return table
 
 
-def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
-    """Validate, run every trial under Ray Tune, write OUT/results.{json,md}; returns the records."""
-    trials = build_trials(cfg)  # raises ConfigError before Ray is touched
-    out = Path(cfg.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    base = to_dict(base_train_config(cfg))
-
+def _tune(cfg: SweepConfig, trials: list[tuple[str, dict[str, Any], TrainConfig]], names: list[str], out: Path) -> tuple[Any, bool]:
+    """Run the named trials under Ray Tune; (result grid, whether the sweep was interrupted)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     from ray import tune
@@ -379,32 +485,72 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
         local = cfg.address is None
         env = {k: v for k, v in os.environ.items() if k.startswith("MEDSLM_")} if local else {}
         trainable = tune.with_parameters(
-            _trainable, base=base, out=str(out), threads=max(1, int(cfg.cpus_per_trial)),
-            cwd=os.getcwd() if local else None, env=env,
+            _trainable, plan={n: p for n, p, _ in trials}, base=to_dict(base_train_config(cfg)), out=str(out),
+            threads=max(1, int(cfg.cpus_per_trial)), cwd=os.getcwd() if local else None, env=env, domain_rules=cfg.domain_rules,
         )
         resources = {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial}
-        space = {k: tune.grid_search(v) for k, v in param_grid(cfg).items()}
 
         def _name(trial: Any) -> str:
-            return trial_name({k: trial.config[k] for k in ("r", "alpha", "ratio") if k in trial.config})
+            return trial.config["trial"]
 
         tuner = tune.Tuner(
             tune.with_resources(trainable, resources),
-            param_space=space,
+            param_space={"trial": tune.grid_search(names)},
             tune_config=tune.TuneConfig(trial_name_creator=_name, trial_dirname_creator=_name),
-            run_config=tune.RunConfig(storage_path=str(out / "ray"), name=f"sweep-{cfg.kind}"),
+            run_config=tune.RunConfig(storage_path=str(out / "ray"), name=f"sweep-{cfg.kind}",
+                                      failure_config=tune.FailureConfig(max_failures=cfg.retries)),
         )
-        grid = tuner.fit()
-        records = collect(trials, grid, out)
+        try:
+            return tuner.fit(), False
+        except KeyboardInterrupt:  # a second Ctrl-C: record what finished, mark the rest interrupted
+            return [], True
     finally:
         if started:
             ray.shutdown()
+
+
+def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
+    """Validate, run every unfinished trial under Ray Tune, write OUT/results.{json,md} (and, for the
+    ratio sweep, the decision report); returns the records. Nothing is run with ``report_only``."""
+    from medslm.domains import load_rules
+
+    trials = build_trials(cfg)  # raises ConfigError before Ray is touched
+    eval_key = T.eval_key(load_rules(cfg.domain_rules))
+    states = {name: T.plan(name, tc, eval_key, reference="reference" in params) for name, params, tc in trials}
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [n for n, _, _ in trials if states[n] != "done"]
+    interrupted = False
+    grid: Any = []
+    if cfg.report_only:
+        todo = []
+    else:
+        reused = [n for n in states if states[n] == "done"]
+        if reused:
+            print(f"{len(reused)} trials already finished with this config: {', '.join(reused)} (reused)")
+        resumed = [n for n in todo if states[n] in ("resume", "evaluate")]
+        if resumed:
+            print(f"continuing {', '.join(f'{n} ({states[n]})' for n in resumed)}")
+        if todo:
+            grid, interrupted = _tune(cfg, trials, todo, out)
+    records = collect(trials, grid, out, eval_key, ran=set(todo))
     table = write_results(records, cfg, out)
     print(table)
-    failed = [r["trial"] for r in records if r["status"] != "ok"]
-    print(f"\n{len(records) - len(failed)}/{len(records)} trials ok; wrote {out / 'results.json'} and {out / 'results.md'}")
+    failed = [r["trial"] for r in records if r["status"] == "failed"]
+    stopped = [r["trial"] for r in records if r["status"] == "interrupted"]
+    ok = len(records) - len(failed) - len(stopped)
+    print(f"\n{ok}/{len(records)} trials ok; wrote {out / 'results.json'} and {out / 'results.md'}")
     if failed:
         print(f"failed: {', '.join(failed)} (tracebacks in OUT/<trial>/error.txt and {out / 'ray'})")
+    if stopped or interrupted:
+        print(f"interrupted: {', '.join(stopped)}; rerun the same command to resume them")
+    if cfg.kind == "ratios":
+        from medslm.report import write_decision_report
+
+        base_cfg = base_train_config(cfg)
+        meta = {"model": base_cfg.model.name_or_path, "config": cfg.config, "medqa": base_cfg.data.medqa, "kormedmcqa": base_cfg.data.kormedmcqa}
+        rep = write_decision_report(records, cfg.report, out, meta)
+        print(f"decision report: {rep['report']} (plot {rep['plot']}, {out / 'recommendation.json'})")
     print(f"TensorBoard: tensorboard --logdir {out}")
     return records
 
@@ -428,7 +574,6 @@ __all__ = [
     "build_trials",
     "cli_main",
     "collect",
-    "param_grid",
     "parse_sweep_args",
     "results_table",
     "run_sweep",

@@ -191,7 +191,13 @@ def _from_local(path: Path) -> Any:
     markers = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
     if not any((path / m).is_file() for m in markers):
         raise FileNotFoundError(f"no tokenizer files ({', '.join(markers)}) in {path}")
-    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    except ValueError:  # json.JSONDecodeError among them: name the truncated file, which transformers does not
+        from medslm.files import check_json_files
+
+        check_json_files(path)
+        raise
 
 
 def load_tokenizer(name_or_path: str | None = None) -> Any:

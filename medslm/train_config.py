@@ -31,6 +31,7 @@ class TrainSection:
     keep_checkpoints: int = 2  # newest checkpoints kept in output_dir/checkpoints
     output_dir: str = "runs/tiny"  # the run folder: config.yaml, metrics.jsonl, tb/, checkpoints/, adapter/
     resume: str | None = None  # None, "auto" (latest checkpoint in output_dir, if any) or a checkpoint path
+    overwrite: bool = False  # a fresh start in an output_dir that holds a run: delete its contents first
     log_every: int = 1  # optimizer steps between metrics records (and progress lines in a log)
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True  # a bar on a terminal, a plain line every log_every steps in a log; false: neither
@@ -44,8 +45,18 @@ class TrainSection:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
-        if len(self.adam_betas) != 2:
-            raise ConfigError(f"train.adam_betas needs two values, got {self.adam_betas}")
+        if self.max_grad_norm <= 0:
+            raise ConfigError(f"train.max_grad_norm must be positive, got {self.max_grad_norm}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas):
+            raise ConfigError(f"train.adam_betas needs two values in [0, 1), got {self.adam_betas}")
+        if not self.output_dir.strip():
+            raise ConfigError("train.output_dir is empty: name the folder this run writes to")
+        if self.resume is not None and not self.resume.strip():
+            raise ConfigError("train.resume is empty: use auto, a checkpoint folder, or leave it unset")
+        if self.overwrite and self.resume == "auto":
+            raise ConfigError("train.overwrite=true deletes the run in train.output_dir, train.resume=auto continues it: choose one")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -70,37 +81,30 @@ class TrainConfig:
     def validate(self) -> None:
         self.model.validate()
         self.lora.validate()
+        if not self.lora.enabled and self.model.quantization != "none":
+            raise ConfigError("lora.enabled=false is full fine-tuning: every weight trains, which NF4 weights cannot; "
+                              "set model.quantization=none")
         self.data.validate()
         self.train.validate()
 
 
-# Keys that must match for a checkpoint to be resumed: they change what the next step computes.
-RESUME_MUST_MATCH = (
-    "model.name_or_path",
-    "model.quantization",
-    "model.double_quant",
-    "model.embedded_seed",
-    "model.text_only",
-    "lora.r",
-    "lora.alpha",
-    "lora.dropout",
-    "lora.target_modules",
-    "data.medqa",
-    "data.kormedmcqa",
-    "data.ratio",
-    "data.upsample",
-    "data.split",
-    "data.max_seq_len",
-    "data.packing",
-    "data.padding",
-    "data.tokenizer",
-    "data.answer_format",
-    "data.seed",
-    "train.lr",
-    "train.weight_decay",
-    "train.adam_betas",
-    "train.warmup_steps",
-    "train.epochs",
-    "train.max_steps",
-    "train.seed",
+# Keys that may differ between a checkpoint and the run that resumes it: they change where and
+# how often the run writes, or how a step is computed in memory, never what an optimizer step
+# computes. Every other key must match (``medslm.resume.check_resume``); the global batch
+# (micro_batch_size x grad_accum x world size) must match too, so micro_batch_size and grad_accum
+# may trade against each other and against the number of ranks.
+RESUME_MAY_CHANGE = (
+    "model.gradient_checkpointing",
+    "data.packed",
+    "train.micro_batch_size",
+    "train.grad_accum",
+    "train.save_every",
+    "train.keep_checkpoints",
+    "train.output_dir",
+    "train.resume",
+    "train.overwrite",
+    "train.log_every",
+    "train.progress",
+    "distributed.fsdp",
+    "distributed.world_size",  # recorded by train.py; the global batch is checked instead
 )

@@ -14,7 +14,6 @@ tokens per example, so the [tokens x vocab] logits tensor — 8.6 GB at 4 x 2048
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -23,24 +22,28 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from pathlib import Path
 
 from medslm import console
 from medslm import distributed as D
 from medslm.attention import packed_forward_kwargs
-from medslm.checkpoint import latest_checkpoint, load_checkpoint, save_adapter, save_checkpoint
+from medslm.checkpoint import Checkpoint, save_adapter, save_checkpoint
 from medslm.cli import UserError
 from medslm.config import save_config, to_dict
-from medslm.dataset import build_dataset, read_pack, rows_of
+from medslm.dataset import build_dataset, read_pack, rows_of, save_run_data
+from medslm.files import writing
 from medslm.metrics import MetricsLogger, PeakMemory
 from medslm.modeling import AdapterPrecision, apply_lora, decoder_layers, embedded_tokenizer_for, load_base_model
 from medslm.multimodal import rename_saved_adapter
+from medslm.numerics import check_adapter, check_step
 from medslm.packing import PackedCollator, PaddedCollator
+from medslm.resume import find_checkpoint, restore, rng_state
+from medslm.run_dir import open_run_dir
 from medslm.tokenizer import load_tokenizer, pad_token_id, tokenizer_fingerprint
-from medslm.train_config import RESUME_MUST_MATCH, TrainConfig
+from medslm.train_config import TrainConfig
 
 Row = list[dict[str, list[int]]]
 
@@ -115,26 +118,6 @@ def batch_loss_sum(model: Any, batch: dict[str, Any], packed: bool, device: torc
 
 
 # ---------------------------------------------------------------------------------------------
-# RNG state
-# ---------------------------------------------------------------------------------------------
-
-
-def rng_state() -> dict[str, Any]:
-    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def set_rng_state(st: dict[str, Any]) -> None:
-    random.setstate(st["python"])
-    np.random.set_state(st["numpy"])
-    torch.set_rng_state(st["torch"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
-
-
-# ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
 
@@ -152,6 +135,7 @@ class Setup:
     pad: int
     report: dict[str, Any]
     precision: AdapterPrecision
+    manifest: list[dict[str, Any]]  # the items trained, validated and tested on (mix_manifest.jsonl)
 
 
 def _null_row(pad_id: int) -> Row:
@@ -180,12 +164,13 @@ def build(cfg: TrainConfig, dist: D.DistState) -> Setup:
             )
         rows, val_rows = pack.rows()
         report = {k: v for k, v in pack.report.items() if k != "config"}
+        manifest = pack.manifest()
     else:
         g = cfg.train.micro_batch_size * cfg.train.grad_accum * dist.world_size
         built = build_dataset(cfg.data, tokenizer, global_batch_rows=g, progress=dist.is_main)
         rows = [[e.as_dict() for e in r] for r in rows_of(built.train, built.train_bins)]
         val_rows = [[e.as_dict() for e in r] for r in rows_of(built.val, built.val_bins)]
-        report = built.report
+        report, manifest = built.report, built.manifest
     packed = cfg.data.packing
     model = load_base_model(cfg.model, dist.device, packed=packed, progress=dist.is_main and cfg.train.progress and console.interactive())
     vocab = model.get_input_embeddings().weight.shape[0]
@@ -203,22 +188,7 @@ def build(cfg: TrainConfig, dist: D.DistState) -> Setup:
         padder = PaddedCollator(pad, cfg.data.padding, cfg.data.max_seq_len)
         collate = lambda rs: padder([ex for r in rs for ex in r])  # noqa: E731  one example per row
     precision = AdapterPrecision(model, cfg.model, dist.device)
-    return Setup(cfg, dist, model, tokenizer, rows, val_rows, collate, packed, pad, report, precision)
-
-
-def _check_resume(cfg: TrainConfig, saved_yaml: str, saved_state: dict, dist: D.DistState) -> None:
-    saved = yaml.safe_load(saved_yaml)
-    now = to_dict(cfg)
-    diffs = []
-    for key in RESUME_MUST_MATCH:
-        sec, name = key.split(".")
-        if saved.get(sec, {}).get(name) != now[sec][name]:
-            diffs.append(f"{key}: checkpoint {saved.get(sec, {}).get(name)!r} vs now {now[sec][name]!r}")
-    g_now = cfg.train.micro_batch_size * cfg.train.grad_accum * dist.world_size
-    if saved_state["global_batch_rows"] != g_now:
-        diffs.append(f"global batch rows (micro_batch_size x grad_accum x world): checkpoint {saved_state['global_batch_rows']} vs now {g_now}")
-    if diffs:
-        raise UserError("train.resume: the checkpoint's config is incompatible: " + "; ".join(diffs))
+    return Setup(cfg, dist, model, tokenizer, rows, val_rows, collate, packed, pad, report, precision, manifest)
 
 
 def train(cfg: TrainConfig, keep_model: bool = False) -> dict[str, Any]:
@@ -228,8 +198,12 @@ def train(cfg: TrainConfig, keep_model: bool = False) -> dict[str, Any]:
     """
     cfg.validate()
     dist = D.init_distributed(cfg.train.device)
+    lock = None
     try:
-        return _run(cfg, dist, keep_model)
+        lock = open_run_dir(cfg.train, dist)  # before any data or model is loaded
+        ckpt = find_checkpoint(cfg.train.resume, cfg.train.output_dir, notice=print if dist.is_main else lambda _: None)
+        with writing(cfg.train.output_dir, disk_full_only=True):  # a full disk is named, whatever wrote
+            return _run(cfg, dist, keep_model, ckpt)
     except torch.cuda.OutOfMemoryError:
         raise UserError(
             f"CUDA out of memory at train.micro_batch_size={cfg.train.micro_batch_size}, data.max_seq_len="
@@ -237,10 +211,14 @@ def train(cfg: TrainConfig, keep_model: bool = False) -> dict[str, Any]:
             "lower data.max_seq_len, keep model.gradient_checkpointing on, or use more GPUs"
         ) from None
     finally:
-        D.shutdown(dist)
+        try:
+            D.shutdown(dist)
+        finally:
+            if lock is not None:
+                lock.release()
 
 
-def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool = False) -> dict[str, Any]:
+def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool, ckpt: Checkpoint | None) -> dict[str, Any]:
     t_cfg = cfg.train
     out = os.path.abspath(t_cfg.output_dir)
     recorded = cfg.distributed.world_size
@@ -261,26 +239,11 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool = False) -> dict[
         optimizer, lambda st: lr_factor(st, t_cfg.warmup_steps, total_steps)
     )
 
-    start_step = 0
-    resume_path = None
-    if t_cfg.resume == "auto":
-        resume_path = latest_checkpoint(out)
-    elif t_cfg.resume:
-        resume_path = t_cfg.resume
-    if resume_path is not None:
-        adapter, st, cfg_file = load_checkpoint(resume_path)
-        _check_resume(cfg, cfg_file.read_text(encoding="utf-8"), st, dist)
-        D.load_trainable_state_dict(model, adapter)
-        D.load_optimizer_state(model, optimizer, st["optimizer"], dist)
-        scheduler.load_state_dict(st["scheduler"])
-        start_step = st["global_step"]
-        if st["world_size"] == dist.world_size:
-            set_rng_state(st["rng"][dist.rank])
+    start_step = restore(cfg, ckpt, dist, model, optimizer, scheduler) if ckpt is not None else 0
 
     if dist.is_main:
         save_config(cfg, os.path.join(out, "config.yaml"))
-        with open(os.path.join(out, "packing_report.json"), "w", encoding="utf-8") as f:
-            json.dump(s.report, f, indent=2, ensure_ascii=False)
+        save_run_data(out, s.report, s.manifest)
     logger = MetricsLogger(out, enabled=dist.is_main, resume_step=start_step)
     mem = PeakMemory(dist.device)
     if start_step == 0:
@@ -294,7 +257,7 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool = False) -> dict[
         print(console.train_banner(
             cfg=cfg, model=model, dist=dist, report=s.report, trainable=sum(p.numel() for p in params), n_rows=len(s.rows),
             n_val_rows=len(s.val_rows), steps_per_epoch=steps_per_epoch, total_steps=total_steps, global_rows=g_rows,
-            output_dir=out, start_step=start_step, resume_path=resume_path,
+            output_dir=out, start_step=start_step, resume_path=ckpt.path if ckpt is not None else None,
         ), flush=True)
     bar = console.Progress(total_steps, "train", "step", initial=start_step, enabled=dist.is_main and t_cfg.progress, every=t_cfg.log_every)
     fault_step = int(os.environ.get("MEDSLM_FAULT_AT_STEP", "0"))  # tests: SIGKILL after this checkpoint
@@ -323,13 +286,13 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool = False) -> dict[
             D.all_reduce_grads(dist, params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, t_cfg.max_grad_norm)
         grad_norm = float(D.full_tensor(grad_norm)) if D.is_sharded(grad_norm) else float(grad_norm)
+        last_loss = float(D.all_reduce_sum(dist, local_sum)) / max(1, n_sup)
+        check_step(step + 1, last_loss, grad_norm, out)  # the same numbers on every rank: all stop together
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        total = D.all_reduce_sum(dist, local_sum)
-        last_loss = float(total) / max(1, n_sup)
         dt = time.perf_counter() - t0
         peak_gb = None
         if step % t_cfg.log_every == 0 or step == total_steps:
@@ -362,12 +325,16 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool = False) -> dict[
             if fault_step and step == fault_step:
                 os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
-    adapter = D.trainable_state_dict(model)
-    adapter_dir = os.path.join(out, "adapter")
+    adapter = D.trainable_state_dict(model)  # the step-`step` checkpoint held it: checked finite there
+    adapter_dir = os.path.join(out, "adapter" if cfg.lora.enabled else "model")  # full fine-tuning: the whole model
     if dist.is_main:
-        save_adapter(model, adapter, adapter_dir, finish=lambda d: rename_saved_adapter(d, model))
-        s.tokenizer.save_pretrained(adapter_dir)
-        save_config(cfg, os.path.join(adapter_dir, "medslm_config.yaml"))
+
+        def companions(d: Path) -> None:
+            rename_saved_adapter(d, model)  # under the shipped checkpoint's module names (multimodal)
+            s.tokenizer.save_pretrained(str(d))
+            save_config(cfg, d / "medslm_config.yaml")
+
+        save_adapter(model, adapter, adapter_dir, also=companions)
     D.barrier(dist)
     logger.close()
     mem.close()
@@ -396,6 +363,7 @@ def _progress_fields(step: int, steps_per_epoch: int, loss: float, lr: float, to
 def _save(s: Setup, optimizer: Any, scheduler: Any, step: int, g_rows: int, out: str) -> None:
     dist = s.dist
     adapter = D.trainable_state_dict(s.model)  # collective
+    check_adapter(adapter, step, out)
     osd = D.optimizer_state(s.model, optimizer, dist)  # collective
     rngs = D.all_gather_object(dist, rng_state())
     if dist.is_main:

@@ -7,10 +7,13 @@ train.py run + evaluation per trial.
 
 Options: --config FILE (default configs/tiny.yaml), --ranks LIST, --alphas LIST, --out DIR
 (default runs/sweep-grid), --address auto|ray://HOST:PORT (default: start Ray here),
---cpus-per-trial N (1), --gpus-per-trial N (0), and --section.key=value overrides for every
-trial's TrainConfig. Writes OUT/<trial>/ (e.g. OUT/r16-a64: a train.py run with tb/ and eval/),
-OUT/results.json, OUT/results.md and Ray's own files in OUT/ray. Exit 2 on bad options, 1 if any
-trial failed. TensorBoard: tensorboard --logdir OUT.
+--cpus-per-trial N (1), --gpus-per-trial N (0), --retries N (1: a crashed trial is retried this
+often, resuming from its checkpoint), --domain-rules FILE (topic rules for the evaluations), and
+--section.key=value overrides for every trial's TrainConfig. Writes OUT/<trial>/ (e.g.
+OUT/r16-a64: a train.py run with tb/, eval/ and trial.json), OUT/results.json, OUT/results.md and
+Ray's own files in OUT/ray. Rerunning the same command into the same OUT skips finished trials and
+resumes interrupted ones from their checkpoints. Exit 2 on bad options, 1 if any trial failed or
+was interrupted. TensorBoard: tensorboard --logdir OUT.
 """
 
 from __future__ import annotations

@@ -55,3 +55,19 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for every test that runs a real sweep (starting Ray costs seconds on 2 cores)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        os.environ.pop(k, None)
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+    yield ray
+    if started:
+        ray.shutdown()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+from collections import Counter
 
 import pandas as pd
 import pytest
@@ -163,3 +165,146 @@ def test_saved_datasets_folder_with_splits(tmp_path):
     items = load_items("kormedmcqa", [tmp_path / "saved"])
     assert len(items) == 9 and {it.split for it in items} == {"train", "dev", "test"}
     assert items[0].source.endswith("[train]:row 1")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: line ends, blank fields, ids, empty files, a mix that depends on content only
+# ---------------------------------------------------------------------------------------------
+
+LINE_SEPARATORS = "a\u2028b\u2029c\x85d"  # legal inside JSON strings and CSV fields; str.splitlines() splits at them
+
+
+def test_unicode_line_separators_inside_fields_are_data(tmp_path):
+    rows = [medqa_row(i) for i in range(3)]
+    rows[1]["question"] = f"Which {LINE_SEPARATORS}?"
+    rows[2]["options"]["C"] = f"option {LINE_SEPARATORS}"
+    rows[2]["answer_idx"], rows[2]["answer"] = "C", rows[2]["options"]["C"]
+    f = write_jsonl(tmp_path / "train.jsonl", rows)  # ensure_ascii=False: the separators are raw bytes
+    assert "\u2028" in f.read_text(encoding="utf-8")
+    skips = SkipLog()
+    items = load_items("medqa", [f], skip_invalid=True, skips=skips)
+    assert len(skips) == 0 and len(items) == 3
+    assert items[1].question == f"Which {LINE_SEPARATORS}?" and items[2].options[2] == f"option {LINE_SEPARATORS}"
+    assert [it.source.rsplit(":", 1)[1] for it in items] == ["line 1", "line 2", "line 3"]
+    # CSV: a field holding them, and \r\n and bare \r line ends elsewhere
+    kor = [kormed_row(i) for i in range(3)]
+    kor[1]["question"] = f"문제 {LINE_SEPARATORS}"
+    text = pd.DataFrame(kor).to_csv(index=False, lineterminator="\r\n")
+    for name, data in (("crlf.csv", text), ("cr.csv", text.replace("\r\n", "\r"))):
+        (tmp_path / name).write_text(data, encoding="utf-8", newline="")
+        items = load_items("kormedmcqa", [tmp_path / name], skip_invalid=True, skips=skips)
+        assert len(skips) == 0 and [it.question for it in items][1] == f"문제 {LINE_SEPARATORS}"
+        assert items[2].source.endswith(f"{name}:line 4")
+    # JSON Lines with \r\n and bare \r line ends keep their line numbers
+    cr = tmp_path / "cr.jsonl"
+    cr.write_text("\r".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\r", encoding="utf-8", newline="")
+    assert [it.source.rsplit(":", 1)[1] for it in load_items("medqa", [cr])] == ["line 1", "line 2", "line 3"]
+
+
+@pytest.mark.parametrize(
+    "benchmark, mutate, field",
+    [
+        ("medqa", lambda r: r.update(question="\x00\u200b \t"), "question"),  # NUL, zero-width space
+        ("medqa", lambda r: r["options"].update(B="\ufeff\x0b"), "options.B"),  # BOM, vertical tab
+        ("kormedmcqa", lambda r: r.update(question="\u200b\u200b"), "question"),
+        ("kormedmcqa", lambda r: r.update(C="\x00"), "C"),
+        ("gbaker", lambda r: r.update(ending2="\u00ad\u2060"), "ending2"),  # soft hyphen, word joiner
+    ],
+)
+def test_blank_question_or_option_names_file_line_and_field(tmp_path, benchmark, mutate, field):
+    if benchmark == "gbaker":
+        rows = [{"id": f"q{i}", "sent1": "Which?", "ending0": "a", "ending1": "b", "ending2": "c", "ending3": "d", "label": 0} for i in range(3)]
+    else:
+        rows = [medqa_row(i) if benchmark == "medqa" else kormed_row(i) for i in range(3)]
+    mutate(rows[1])
+    f = write_jsonl(tmp_path / "train.jsonl", rows)
+    with pytest.raises(DataError, match=rf"train.jsonl:line 2: field '{field}': empty"):
+        load_items("kormedmcqa" if benchmark == "kormedmcqa" else "medqa", [f])
+
+
+def test_fallback_ids_are_unique_per_full_path_and_independent_of_cwd(tmp_path, monkeypatch):
+    a = write_jsonl(tmp_path / "a" / "US" / "train.jsonl", [medqa_row(0)])
+    b = write_jsonl(tmp_path / "b" / "US" / "train.jsonl", [medqa_row(1)])
+    items = load_items("medqa", [a, b])
+    assert len(items) == 2 and items[0].id != items[1].id
+    assert items[0].id.endswith("a/US/train.jsonl/1") and items[1].id.endswith("b/US/train.jsonl/1")
+    monkeypatch.chdir(tmp_path / "a")
+    assert load_items("medqa", ["US/train.jsonl"])[0].id == items[0].id  # relative path, same file: same id
+    # the embedded samples are named relative to the checkout, wherever it lives
+    from medslm.dataset import EMBEDDED_DATA
+
+    assert load_items("medqa", [EMBEDDED_DATA["medqa"] / "dev.jsonl"])[0].id == "medqa/data/samples/medqa/US/dev.jsonl/1"
+
+
+def test_an_empty_file_is_named_in_the_error(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "blank.jsonl").write_text("\n  \n")
+    pd.DataFrame(columns=list(kormed_row(0))).to_csv(tmp_path / "header.csv", index=False)
+    for name, bench in (("empty.jsonl", "medqa"), ("blank.jsonl", "medqa"), ("header.csv", "kormedmcqa")):
+        with pytest.raises(DataError, match=rf"{name}: field '\(file\)': the file holds no rows"):
+            load_items(bench, [tmp_path / name])
+    folder = tmp_path / "folder"
+    write_jsonl(folder / "train.jsonl", [medqa_row(0)])
+    (folder / "test.jsonl").write_text("")
+    with pytest.raises(DataError, match=r"folder/test.jsonl: .*holds no rows"):  # also inside a folder
+        load_items("medqa", [folder], skip_invalid=True)
+
+
+def _kormed_formats(tmp_path) -> dict[str, object]:
+    """The same 60 KorMedMCQA train rows as CSV, shuffled CSV, Parquet and a hub-style folder."""
+    subjects = ("doctor", "nurse", "pharm", "dentist")
+    rows = [kormed_row(i, subjects[i % 4], answer=1 + i % 5) for i in range(60)]
+    shuffled = list(rows)
+    random.Random(7).shuffle(shuffled)
+    pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)
+    (tmp_path / "shuffled").mkdir()
+    pd.DataFrame(shuffled).to_csv(tmp_path / "shuffled" / "train.csv", index=False)
+    pd.DataFrame(shuffled).to_parquet(tmp_path / "train.parquet")
+    for s in subjects:
+        (tmp_path / "hub" / s).mkdir(parents=True)
+        part = [{k: v for k, v in r.items() if k != "subject"} for r in reversed(rows) if r["subject"] == s]
+        pd.DataFrame(part).to_parquet(tmp_path / "hub" / s / "train-00000-of-00001.parquet")
+    return {"csv": tmp_path / "train.csv", "shuffled csv": tmp_path / "shuffled" / "train.csv",
+            "parquet": tmp_path / "train.parquet", "hub folder": tmp_path / "hub"}
+
+
+def test_the_mix_and_splits_depend_on_content_and_seed_only(tmp_path):
+    """The same items shuffled, or as CSV / Parquet / a hub folder, give the same splits, the same
+    subsample of the larger side, in the same order (seed fixed); another seed gives another mix."""
+    en = [medqa_row(i) for i in range(20)]
+    en_files = [write_jsonl(tmp_path / "en" / "train.jsonl", en), write_jsonl(tmp_path / "en2" / "train.jsonl", en[::-1])]
+    mixes, splits = {}, {}
+    for (name, ko), en_file in zip(_kormed_formats(tmp_path).items(), en_files * 2):
+        items = load_items("medqa", [en_file]) + load_items("kormedmcqa", [ko])
+        res = split_items(items, "hash")
+        splits[name] = {s: sorted(content_key(it) for it in v) for s, v in res.splits.items()}
+        mix = mix_by_ratio(res.splits["train"], (5, 5), seed=3)
+        assert mix.used["ko"] < mix.available["ko"]  # Korean is the side subsampled
+        mixes[name] = [content_key(it) for it in mix.items]
+    first = next(iter(mixes.values()))
+    for name in mixes:
+        assert splits[name] == splits["csv"], name
+        assert mixes[name] == first, name  # same items, same order
+    other = mix_by_ratio(split_items(load_items("medqa", [en_files[0]]) + load_items("kormedmcqa", [tmp_path / "train.csv"])).splits["train"], (5, 5), seed=4)
+    assert sorted(content_key(it) for it in other.items) != sorted(first)
+
+
+def test_build_dataset_from_a_shuffled_copy_gives_the_same_rows_and_manifest(tmp_path):
+    from medslm.tokenizer import load_tokenizer
+
+    formats = _kormed_formats(tmp_path)
+    en = write_jsonl(tmp_path / "en" / "train.jsonl", [medqa_row(i) for i in range(20)])
+    tok = load_tokenizer(None)
+    built = {
+        name: build_dataset(DataConfig(medqa=[str(en)], kormedmcqa=[str(formats[name])], ratio="5:5", max_seq_len=256), tok)
+        for name in ("csv", "shuffled csv")
+    }
+    a, b = built["csv"], built["shuffled csv"]
+    assert [e.input_ids for e in a.train] == [e.input_ids for e in b.train] and a.train_bins == b.train_bins
+    assert [(m["id"], m["split"], m["content"]) for m in a.manifest] == [(m["id"], m["split"], m["content"]) for m in b.manifest]
+    train = [m for m in a.manifest if m["split"] == "train"]
+    assert sum(m["copies"] for m in train) == a.report["num_samples"] == len(a.train)
+    assert Counter(m["language"] for m in train) == a.report["per_language"]
+    assert sum(m["split"] == "val" for m in a.manifest) == a.report["val_samples"]
+    assert sum(m["split"] == "test" for m in a.manifest) == a.report["test_items"]
+    assert {m["subject"] for m in train if m["dataset"] == "kormedmcqa"} == {"doctor", "nurse", "pharm", "dentist"}

@@ -247,3 +247,78 @@ def test_memorised_items_reach_90_percent_through_train_and_evaluate(tmp_path):
     # the run's own data by default: official split -> there is no test split, so ask for train
     own = evaluate(EvalConfig(run=str(run), split="train", out=str(tmp_path / "own"), progress=False))
     assert own["eval"]["n_items"] == 16 and own["eval"]["benchmarks"]["medqa"]["accuracy"] >= 0.9
+    # the run's own length limit (data.max_seq_len=256) and overlong policy apply, as in training
+    from medslm.prompts import OverlongError
+
+    with pytest.raises(OverlongError, match="over max_seq_len=256"):
+        evaluate(EvalConfig(run=str(run), medqa=[str(_with_long_item(tmp_path, 100))], out=str(tmp_path / "long"), progress=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# Training's length limit and overlong policy; argument checks
+# ---------------------------------------------------------------------------------------------
+
+
+def _with_long_item(tmp_path: Path, words: int) -> Path:
+    rows = [medqa_row(i, answer="ABCD"[i % 4]) for i in range(4)]
+    for row in rows:
+        row["answer"] = row["options"][row["answer_idx"]]
+    rows[2]["question"] = "The patient reports " + "pain and fever " * words + "today. What now?"
+    return write_jsonl(tmp_path / "long" / "test.jsonl", rows)
+
+
+def test_evaluate_applies_the_training_length_limit_and_overlong_policy(tmp_path, monkeypatch):
+    """A question far over max_seq_len is refused (the default policy, as in training), cut from the
+    left (truncate) or left out and counted (drop); the model never sees more than max_seq_len."""
+    from medslm.prompts import OverlongError
+
+    f = _with_long_item(tmp_path, 1500)  # ~4500 tokens: over the default max_seq_len of 2048
+    base = dict(model="embedded", quantization="none", medqa=[str(f)], progress=False)
+    with pytest.raises(OverlongError, match=r"test.jsonl:line 3: item '.*' is \d+ tokens, over max_seq_len=2048"):
+        evaluate(EvalConfig(**base, out=str(tmp_path / "e")))
+    widths: list[int] = []
+    real = scoring.forward_at
+
+    def spy(model, input_ids, attention_mask, keep):
+        widths.append(input_ids.shape[1])
+        return real(model, input_ids, attention_mask, keep)
+
+    monkeypatch.setattr(scoring, "forward_at", spy)
+    cut = evaluate(EvalConfig(**base, max_seq_len=128, overlong="truncate", out=str(tmp_path / "t")))
+    assert cut["eval"]["n_items"] == 4 and cut["eval"]["overlong"] == {"max_seq_len": 128, "policy": "truncate", "truncated": 1, "dropped": 0}
+    assert max(widths) <= 128
+    short = evaluate(EvalConfig(**base, max_seq_len=128, overlong="drop", out=str(tmp_path / "d")))
+    assert short["eval"]["n_items"] == 3 and short["eval"]["overlong"]["dropped"] == 1
+    assert len((tmp_path / "d" / "predictions.jsonl").read_text().splitlines()) == 3
+    others = {p["id"]: p["scores"] for p in cut["predictions"]}
+    for p in short["predictions"]:  # items within the limit score the same either way
+        assert p["scores"] == pytest.approx(others[p["id"]], abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--batch-size", "0"], "--batch-size (0)"),
+        (["--batch-size", "-3"], "--batch-size (-3)"),
+        (["--device", "gpu0"], "--device 'gpu0': expected auto, cpu, cuda or cuda:N"),
+        (["--device", "cuda:99"], "--device cuda:99: "),
+        (["--max-seq-len", "4"], "--max-seq-len must be at least 16"),
+    ],
+)
+def test_evaluate_arguments_are_checked_in_one_line(argv, says, capsys, tmp_path):
+    code, err = _cli(["--model", "embedded", "--out", str(tmp_path / "o"), *argv], capsys)
+    assert code == 2 and says in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+    code, err = _cli(["lora-activations", "--run", str(tmp_path), *argv[:2]], capsys)
+    assert code == 2 and len(err.splitlines()) == 1, err
+
+
+def test_compare_refuses_a_correct_field_that_is_not_a_boolean(tmp_path, capsys):
+    recs = [{"id": f"q{i}", "benchmark": "medqa", "subject": "step1", "gold": "A", "predicted": "B", "correct": False} for i in range(4)]
+    for name, value in (("base", False), ("other", "false")):  # the string "false" is truthy
+        (tmp_path / name).mkdir()
+        lines = [json.dumps({**r, "correct": value if i == 2 else r["correct"]}) for i, r in enumerate(recs)]
+        (tmp_path / name / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+    code, err = _cli(["compare", str(tmp_path / "base"), str(tmp_path / "other"), "--out", str(tmp_path / "c.json")], capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"{tmp_path / 'other' / 'predictions.jsonl'}:line 3: field 'correct' must be true or false, got 'false'" in err

@@ -91,3 +91,160 @@ def test_pack_steps_per_epoch_use_the_train_configs_global_batch(tmp_path):
     assert res.returncode == 0 and "at 128 rows/step (assumed: the paper's 4 GPUs x 4 rows x grad_accum 8)" in res.stdout
     res = _pack("--out", str(tmp_path / "c"), "--world-size", "2")
     assert res.returncode == 2 and "--world-size needs --config" in res.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# A pack is published whole, and train.py reads only rows that match its report
+# ---------------------------------------------------------------------------------------------
+
+
+def _pack_cfg(out: Path, ratio: str = "5:5", seed: int = 0):
+    import pack
+    from medslm.dataset import DataConfig
+
+    return pack.PackConfig(data=DataConfig(ratio=ratio, max_seq_len=512, seed=seed), out=str(out), global_batch_rows=4)
+
+
+def _pack_in_process(out: Path, ratio: str = "5:5", seed: int = 0) -> dict:
+    import pack
+
+    return pack.main(_pack_cfg(out, ratio, seed))
+
+
+def _languages(pack_dir: Path) -> dict[str, int]:
+    from collections import Counter
+
+    import datasets
+
+    ids = [i for rec in datasets.load_from_disk(str(pack_dir / "train")) for i in rec["item_ids"]]
+    return dict(Counter("en" if i.startswith("medqa/") else "ko" for i in ids))
+
+
+def test_pack_writes_a_manifest_of_the_mix(tmp_path):
+    report = _pack_in_process(tmp_path / "p", "10:3")
+    lines = [json.loads(x) for x in (tmp_path / "p" / "mix_manifest.jsonl").read_text(encoding="utf-8").split("\n") if x]
+    train = [m for m in lines if m["split"] == "train"]
+    assert sum(m["copies"] for m in train) == report["num_samples"]
+    assert {lang: sum(m["language"] == lang for m in train) for lang in ("en", "ko")} == report["per_language"] == _languages(tmp_path / "p")
+    assert sum(m["split"] == "val" for m in lines) == report["val_samples"] and sum(m["split"] == "test" for m in lines) == report["test_items"]
+    import datasets
+
+    packed_ids = {i for rec in datasets.load_from_disk(str(tmp_path / "p" / "train")) for i in rec["item_ids"]}
+    assert packed_ids == {m["id"] for m in train}
+    assert all(set(m) >= {"id", "dataset", "subject", "split"} for m in lines)
+
+
+def test_a_repack_that_fails_half_way_leaves_the_old_pack(tmp_path, monkeypatch):
+    import datasets
+
+    from medslm.dataset import read_pack
+
+    out = tmp_path / "p"
+    old = _pack_in_process(out, "5:5")
+    assert set(old["per_language"]) == {"en", "ko"}
+    real = datasets.Dataset.save_to_disk
+    calls = []
+
+    def fail_on_val(self, path, *a, **k):  # train/ is written, then the run dies
+        calls.append(path)
+        if path.endswith("val"):
+            raise KeyboardInterrupt
+        return real(self, path, *a, **k)
+
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", fail_on_val)
+    with pytest.raises(KeyboardInterrupt):
+        _pack_in_process(out, "1:0")
+    assert len(calls) == 2
+    report = json.loads((out / "packing_report.json").read_text())
+    assert report["ratio"] == "5:5" and _languages(out) == report["per_language"] == old["per_language"]
+    train, _ = read_pack(out).rows()  # verified against the report
+    assert sum(len(r) for r in train) == old["num_samples"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]  # the temporary folder is gone
+
+
+def test_a_repack_killed_half_way_leaves_the_old_pack_and_its_leftovers_are_removed(tmp_path):
+    """A real SIGKILL while val/ is written: the old pack stays; the next pack.py removes the leftover."""
+    out = tmp_path / "p"
+    _pack_in_process(out, "5:5")
+    script = (
+        "import os, signal, sys, datasets, pack\n"
+        "real = datasets.Dataset.save_to_disk\n"
+        "def die(self, path, *a, **k):\n"
+        "    if path.endswith('val'): os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return real(self, path, *a, **k)\n"
+        "datasets.Dataset.save_to_disk = die\n"
+        "pack.main(pack.parse_args(sys.argv[1:]))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script, "--out", str(out), "--ratio", "1:0", "--max-seq-len", "512"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == -9, res.stderr
+    leftovers = [p for p in tmp_path.iterdir() if p.name != "p"]
+    assert len(leftovers) == 1 and (leftovers[0] / "train").is_dir()  # the killed run's half-written pack
+    report = json.loads((out / "packing_report.json").read_text())
+    assert report["ratio"] == "5:5" and _languages(out) == report["per_language"]
+    _pack_in_process(out, "1:0")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]
+    assert _languages(out) == json.loads((out / "packing_report.json").read_text())["per_language"] == {"en": 58}
+
+
+def test_train_refuses_a_pack_whose_rows_do_not_match_its_report(tmp_path):
+    """A folder mixing two packs (one pack's rows under another's report) is refused before training."""
+    import shutil
+
+    from medslm.cli import UserError
+    from medslm.dataset import read_pack
+
+    import datasets
+
+    a, en_only = tmp_path / "a", tmp_path / "en"
+    _pack_in_process(a, "5:5")
+    _pack_in_process(en_only, "1:0")
+    edited = datasets.load_from_disk(str(a / "train")).to_dict()
+    edited["input_ids"][0][3] += 1  # one token changed: the same rows and counts per language
+    datasets.Dataset.from_dict(edited).save_to_disk(str(tmp_path / "edited"))
+    read_pack(a).rows()  # a whole pack reads
+    shutil.rmtree(a / "train")
+    shutil.copytree(en_only / "train", a / "train")  # what an interrupted in-place re-pack left behind
+    res = subprocess.run([sys.executable, "train.py", "--train.max_steps=1", f"--train.output_dir={tmp_path / 'run'}", f"--data.packed={a}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().count("\n") == 0 and f"{a / 'train'} does not match" in res.stderr and "re-run pack.py" in res.stderr
+    assert not (tmp_path / "run" / "adapter").exists()
+    shutil.rmtree(a / "train")
+    shutil.copytree(tmp_path / "edited", a / "train")
+    with pytest.raises(UserError, match="same counts but different content"):
+        read_pack(a).rows()
+
+
+def test_pack_disk_full_or_a_foreign_out_folder_is_one_line_and_keeps_the_old_pack(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import datasets
+
+    from medslm.cli import run_cli
+
+    out = tmp_path / "p"
+    _pack_in_process(out, "5:5")
+    before = (out / "packing_report.json").read_text()
+
+    def full(self, path, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a failed write() raises it: no path
+
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", full)
+    with pytest.raises(SystemExit) as exc:
+        run_cli(lambda: _pack_in_process(out, "1:0"))
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and err == f"error: {out}: no space left on device"
+    assert (out / "packing_report.json").read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["p"]
+    monkeypatch.undo()
+    # a folder that is not a pack is never replaced; a file is not a folder
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    (tmp_path / "file").write_text("x")
+    for target, says in ((tmp_path / "mine", "holds other files"), (tmp_path / "file", "is not a folder")):
+        with pytest.raises(SystemExit) as exc:
+            run_cli(lambda: _pack_in_process(target))
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and err.startswith(f"error: {target}: ") and says in err and "\n" not in err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+

@@ -15,7 +15,6 @@ from medslm.sweep import (
     SweepConfig,
     build_trials,
     collect,
-    param_grid,
     parse_sweep_args,
     results_table,
     run_sweep,
@@ -36,15 +35,18 @@ def test_default_grid_is_the_papers_3x3(tmp_path):
         assert (tc.lora.r, tc.lora.alpha) == (params["r"], params["alpha"])
         assert tc.train.output_dir == str(tmp_path.resolve() / name)
         assert tc.train.progress is True  # as in the base config: plain lines in the Ray worker's log
-    assert param_grid(cfg) == {"r": [8, 16, 32], "alpha": [32, 64, 128]}
+    assert [p for _, p, _ in trials] == [{"r": r, "alpha": a} for r in (8, 16, 32) for a in (32, 64, 128)]
+    assert {tc.train.resume for _, _, tc in trials} == {"auto"}  # a rerun continues each trial
 
 
 def test_ratio_trials_names_and_values(tmp_path):
     cfg = parse_sweep_args("ratios", ["--out", str(tmp_path)], "runs/sweep-ratios")
     trials = build_trials(cfg)
     assert [n for n, _, _ in trials] == [
-        "ratio-5-5", "ratio-10-3", "ratio-7-3", "ratio-8-2", "ratio-4-6", "ratio-3-7", "ratio-2-8"
-    ]
+        "base", "ratio-5-5", "ratio-10-3", "ratio-7-3", "ratio-8-2", "ratio-4-6", "ratio-3-7", "ratio-2-8"
+    ]  # base: the base model evaluated once on the same items, the default forgetting reference
+    assert trials[0][1] == {"reference": "base"}
+    trials = trials[1:]
     assert [tc.data.ratio for _, _, tc in trials] == ["5:5", "10:3", "7:3", "8:2", "4:6", "3:7", "2:8"]
     assert {tc.lora.r for _, _, tc in trials} == {16}  # from the config, not swept
 
@@ -78,11 +80,13 @@ def test_overrides_reach_every_trial(tmp_path):
 )
 def test_bad_values_fail_before_ray_starts(monkeypatch, tmp_path, kind, argv, match):
     import ray
+    from ray import tune
 
     def _no_ray(*_a, **_k):
         raise AssertionError("ray.init must not be reached")
 
     monkeypatch.setattr(ray, "init", _no_ray)
+    monkeypatch.setattr(tune, "Tuner", _no_ray)
     with pytest.raises(ConfigError, match=match):
         run_sweep(parse_sweep_args(kind, [*argv, "--out", str(tmp_path)], "x"))
     # the same values given directly in a SweepConfig are caught by run_sweep too
@@ -90,40 +94,34 @@ def test_bad_values_fail_before_ray_starts(monkeypatch, tmp_path, kind, argv, ma
         bad = SweepConfig(kind="grid", ranks=[int(v) for v in argv[1].split(",")], out=str(tmp_path))
         with pytest.raises(ConfigError):
             run_sweep(bad)
-    assert not ray.is_initialized()
 
 
 def test_failed_trial_is_reported_not_dropped(tmp_path):
+    from medslm import trials as T
+
     cfg = SweepConfig(kind="grid", ranks=[4, 8], alphas=[16], out=str(tmp_path))
     trials = build_trials(cfg)
-    ok = SimpleNamespace(config={"r": 4, "alpha": 16}, error=None,
-                         metrics={"final_loss": 1.5, "val_loss": 1.4, "acc_medqa": 0.5, "acc_kormedmcqa": 0.25})
-    bad = SimpleNamespace(config={"r": 8, "alpha": 16}, error=RuntimeError("boom\nlast line"), metrics={})
+    metrics = {"final_loss": 1.5, "val_loss": 1.4, "acc_medqa": 0.5, "acc_kormedmcqa": 0.25}
+    T.write_trial(tmp_path / "r4-a16", {"stage": "done", "config": T.config_key(trials[0][2]), "metrics": metrics})
+    ok = SimpleNamespace(config={"trial": "r4-a16"}, error=None, metrics=metrics)
+    bad = SimpleNamespace(config={"trial": "r8-a16"}, error=RuntimeError("boom\nlast line"), metrics={})
     records = collect(trials, [bad, ok], tmp_path)
     assert [r["trial"] for r in records] == ["r4-a16", "r8-a16"]
     assert records[0]["status"] == "ok" and records[0]["metrics"]["acc_medqa"] == 0.5
     assert records[1]["status"] == "failed" and "last line" in records[1]["error"]
-    # a trial Tune never returned is failed as well
-    assert collect(trials, [ok], tmp_path)[1]["status"] == "failed"
+    # a trial Tune never returned (the sweep was stopped) is interrupted, not failed
+    assert collect(trials, [ok], tmp_path)[1]["status"] == "interrupted"
     table = results_table(records)
     assert "| r8-a16 |" in table and "failed" in table and "50.0%" in table
 
 
-def test_real_two_trial_grid(tmp_path, monkeypatch):
-    import ray
-
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        monkeypatch.delenv(k, raising=False)
+def test_real_two_trial_grid(tmp_path, ray_session):
     out = tmp_path / "sweep"
     cfg = parse_sweep_args(
         "grid", ["--config", TINY, "--ranks", "4,8", "--alphas", "16", "--out", str(out), "--cpus-per-trial", "1", *FAST],
         "x",
     )
-    try:
-        records = run_sweep(cfg)
-    finally:
-        ray.shutdown()
+    records = run_sweep(cfg)
     assert [r["trial"] for r in records] == ["r4-a16", "r8-a16"]
     assert all(r["status"] == "ok" for r in records), records
     for r in records:

@@ -120,6 +120,7 @@ def test_two_ranks_equal_one_rank_with_twice_the_accumulation(tmp_path, fsdp, dt
     "args, needle",
     [
         (["--train.lr=fast"], "'train.lr' must be a number"),
+        (["--train.lr=inf"], "'train.lr' must be a finite number"),
         (["--model.name_or_path=/no/such/model"], "/no/such/model does not exist"),
         (["--data.medqa=/no/such/file.jsonl"], "/no/such/file.jsonl"),
     ],
@@ -201,6 +202,11 @@ def test_training_from_a_pack_folder_equals_training_from_the_data(tmp_path):
     saved = yaml.safe_load((tmp_path / "p" / "run" / "config.yaml").read_text())
     assert saved["data"]["packed"] == str(pack)
     assert saved["data"]["ratio"] == "10:3" and saved["data"]["max_seq_len"] == 384
+    # both run folders record what they trained on: the pack's manifest, item for item
+    manifest = (pack / "mix_manifest.jsonl").read_text(encoding="utf-8")
+    assert manifest.count("\n") > 100
+    for run in ("d", "p"):
+        assert (tmp_path / run / "run" / "mix_manifest.jsonl").read_text(encoding="utf-8") == manifest
 
 
 def test_a_pack_from_another_tokenizer_or_no_pack_is_refused(tmp_path):
@@ -286,3 +292,35 @@ def test_bf16_adapter_compute_trains_like_the_fp32_adapter_path(tmp_path):
     for step in a:
         assert a[step] == pytest.approx(b[step], rel=2e-2), step
     assert fast["final_loss"] < a[1]  # and it learns
+
+
+def test_the_loss_is_normalised_over_the_global_batch_not_per_micro_batch(tmp_path):
+    """The same rows per step as micro 2 x accum 2 or micro 4 x accum 1 give the same steps; a
+    loss normalised per micro-batch weights tokens of a sparse micro-batch more and drifts."""
+    from medslm.trainer import train
+
+    common = ["--train.max_steps=3", "--lora.dropout=0.0", "--train.save_every=0"]
+    train(_cfg(tmp_path / "a", *common, "--train.micro_batch_size=2", "--train.grad_accum=2"))
+    train(_cfg(tmp_path / "b", *common, "--train.micro_batch_size=4", "--train.grad_accum=1"))
+    a, b = _losses(tmp_path / "a" / "run"), _losses(tmp_path / "b" / "run")
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=1e-5, abs=1e-5), step
+
+
+def test_fsdp_shards_the_adapter_and_never_the_frozen_base(tmp_path):
+    """Under 2 ranks (gloo): every LoRA parameter is a DTensor, no frozen base parameter is."""
+    from medslm.modeling import materialise_embedded
+
+    materialise_embedded("embedded")  # not by two ranks at once: that intermittently reads a bad config.json
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "tests/fsdp_layout.py",
+         *FAST, f"--train.output_dir={tmp_path / 'unused'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    layout = json.loads(next(ln for ln in res.stdout.splitlines() if ln.startswith("LAYOUT "))[len("LAYOUT "):])
+    assert layout["world_size"] == 2 and layout["lora"] > 0 and layout["frozen"] > 0
+    assert layout["frozen_sharded"] == []
+    assert layout["lora_not_sharded"] == []
