@@ -20,7 +20,9 @@ def test_options_and_the_launch_script(tmp_path):
     cfg = R.parse_args(["--smoke", "--model", "embedded", "--medqa", "a", "b", "--kormedmcqa", "k", "--out", str(tmp_path),
                         "--nproc", "2", "--ratios", "5:5,2:8", "--train.max_steps=3"])
     assert cfg.smoke and cfg.nproc == 2 and cfg.ratios == ["5:5", "2:8"] and cfg.medqa == ["a", "b"]
-    assert cfg.config_file().endswith("configs/tiny.yaml") and R.parse_args([]).config_file().endswith("configs/medgemma-4b.yaml")
+    assert cfg.config_file().endswith("configs/tiny.yaml") and R.ReproduceConfig().config_file().endswith("configs/medgemma-4b.yaml")
+    with pytest.raises(ConfigError, match="no training data"):  # the paper config names no data: give --medqa/--kormedmcqa
+        R.parse_args([])
     assert cfg.common_args()[-1] == "--train.max_steps=3"  # the user's overrides come last
     rows = {r.name: R.row_config(cfg, r, tmp_path) for r in R.ROWS}
     assert not rows["full_ft"].lora.enabled and rows["full_ft"].model.quantization == "none" and rows["full_ft"].model.compute_dtype == "bfloat16"
