@@ -24,6 +24,7 @@ On CPU, ``auto`` leaves the model exactly as before: nothing here is needed ther
 from __future__ import annotations
 
 import importlib.util
+import os
 from functools import partial
 from types import MethodType
 from typing import Any
@@ -92,7 +93,7 @@ def _checkpointing_forward(compiled: Any) -> Any:
     return forward
 
 
-def compile_layers(model: torch.nn.Module, backend: str = "inductor") -> int:
+def compile_layers(model: torch.nn.Module, backend: str | None = None) -> int:
     """Compile every decoder layer's own ``forward``, one compiled function per layer class.
 
     The checkpointing wrapper and the module's hooks stay outside the compiled region: a graph
@@ -101,6 +102,9 @@ def compile_layers(model: torch.nn.Module, backend: str = "inductor") -> int:
     """
     from medslm.modeling import decoder_layers
 
+    # MEDSLM_COMPILE_BACKEND=aot_eager captures the same graphs without generating code: for
+    # debugging a compile problem, and for tests that check graph capture rather than kernels
+    backend = backend or os.environ.get("MEDSLM_COMPILE_BACKEND", "inductor")
     layers = decoder_layers(model)
     for layer in layers:
         cls = type(layer)

@@ -194,3 +194,42 @@ def test_liger_patch_targets_norms_mlps_and_rope_and_leaves_cpu_rope_exact(name,
     cos, sin = torch.randn(1, 10, 32), torch.randn(1, 10, 32)
     for a, b in zip(mod.apply_rotary_pos_emb(q, k, cos, sin), original(q, k, cos, sin)):
         assert torch.equal(a, b)  # CPU tensors never reach Liger
+
+
+def test_compiled_layers_under_fsdp2_on_two_ranks_equal_one_eager_rank(tmp_path):
+    """model.compile compiles each layer before FSDP2 shards it; 2 ranks under torchrun (gloo)
+    with the fast path == 1 eager rank with twice the accumulation. aot_eager (graph capture, no
+    code generation) keeps two compiling processes affordable on a CPU."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    common = ["--config", str(repo / "configs" / "tiny.yaml"), "--data.max_seq_len=384", "--train.micro_batch_size=2",
+              "--train.warmup_steps=2", "--train.progress=false", "--train.max_steps=3", "--lora.dropout=0.0",
+              "--train.save_every=0", "--distributed.fsdp=true", "--model.compute_dtype=float32"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MEDSLM_COMPILE_BACKEND": "aot_eager"}
+
+    def run(extra, nproc):
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
+        proc = subprocess.run([*launcher, "train.py", *common, *extra], cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    eager = run(["--train.grad_accum=2", f"--train.output_dir={tmp_path / 'one'}"], 1)
+    fast = run(["--train.grad_accum=1", "--model.compile=true", "--model.lora_forward=fused", f"--train.output_dir={tmp_path / 'two'}"], 2)
+    assert "fast path:" not in eager.stdout
+    (line,) = [ln for ln in fast.stdout.splitlines() if ln.startswith("fast path: ")]  # rank 0 only
+    report = json.loads(line[len("fast path: "):])
+    assert report["compiled_layers"] == 4 and report["fast_lora_modules"] == 28 and report["graphs"] > 0
+
+    def losses(run_dir):
+        recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in recs if r["kind"] == "train"}
+
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-4), step
