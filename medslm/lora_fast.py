@@ -14,6 +14,10 @@ so the base output is read once by the B-matmul's epilogue and nothing else touc
 goes to fp32. Dropout stays PEFT's module (same probability, same RNG draws, one dropped copy of
 the input, which the A-matmul's backward needs anyway); with ``lora.dropout: 0`` it is an identity.
 
+Measured at MedGemma 4B's shape on one H200 (BENCHMARKS.md): 1.10x the eager step on its own;
+under ``model.compile`` inductor already fuses PEFT's copy/scale/add into neighbouring kernels,
+and the two forwards are within noise (+-2%).
+
 The forward is installed per module (``enable``) and falls back to PEFT's own forward whenever the
 module is not in the plain single-adapter training state (adapters disabled or merged, several
 active adapters, per-call adapter names, DoRA or other variants, a LoRA bias), so PEFT's features
