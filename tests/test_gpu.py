@@ -1,4 +1,5 @@
-"""GPU-only checks (skipped without CUDA): varlen flash attention equals each example alone."""
+"""GPU-only checks (skipped without CUDA): varlen flash attention equals each example alone; the fast
+path (compiled layers, Liger kernels, the fused LoRA forward) tracks eager in bf16 with no graph break."""
 
 from __future__ import annotations
 
