@@ -10,6 +10,7 @@ an error. Writes OUTPUT_DIR/{config.yaml,metrics.jsonl,tb/,checkpoints/,adapter/
 
 from __future__ import annotations
 
+import json
 import sys
 
 from medslm.cli import run_cli
@@ -29,3 +30,5 @@ if __name__ == "__main__":
     result = run_cli(lambda: main(parse_config(TrainConfig, sys.argv[1:], default_file=DEFAULT_CONFIG)))
     if result.get("steps") is not None and result.get("rank", 0) == 0:  # one line per run, not per rank
         print(f"done: {result['steps']} steps, final loss {result['final_loss']:.4f}, adapter in {result['adapter_dir']}")
+        if result.get("acceleration"):  # what model.compile / fused_kernels / lora_forward applied, graphs compiled
+            print(f"fast path: {json.dumps(result['acceleration'])}")

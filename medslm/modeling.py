@@ -39,6 +39,10 @@ class ModelConfig:
     # auto: LoRA runs in compute_dtype (bf16 on GPU) from fp32 weights, like the base; float32:
     # PEFT's default, which copies every adapter input to fp32 (1.2 GB more at MedGemma 4B, 4 x 2048)
     lora_compute_dtype: Literal["auto", "float32"] = "auto"
+    # the GPU fast path (medslm/acceleration.py); on CPU, auto changes nothing
+    compile: bool = False  # torch.compile each decoder layer (regional); the first steps pay the compile
+    fused_kernels: Literal["auto", "liger", "none"] = "auto"  # auto: Liger's kernels on CUDA if installed, unless compiled
+    lora_forward: Literal["auto", "fused", "peft"] = "auto"  # auto: medslm/lora_fast.py on CUDA, PEFT's forward on CPU
     trust_remote_code: bool = False
     embedded_seed: int = 0  # init seed of the embedded tiny model
 

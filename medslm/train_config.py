@@ -89,6 +89,9 @@ class TrainConfig:
 # may trade against each other and against the number of ranks.
 RESUME_MAY_CHANGE = (
     "model.gradient_checkpointing",
+    "model.compile",
+    "model.fused_kernels",
+    "model.lora_forward",
     "data.packed",
     "train.micro_batch_size",
     "train.grad_accum",

@@ -19,7 +19,7 @@ import os
 import random
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 import yaml
 
 from medslm import distributed as D
+from medslm.acceleration import accelerate, compile_report
 from medslm.attention import packed_forward_kwargs
 from medslm.checkpoint import Checkpoint, save_adapter, save_checkpoint
 from medslm.cli import UserError
@@ -133,6 +134,7 @@ class Setup:
     report: dict[str, Any]
     precision: AdapterPrecision
     manifest: list[dict[str, Any]]  # the items trained, validated and tested on (mix_manifest.jsonl)
+    acceleration: dict[str, Any] = field(default_factory=dict)  # what medslm.acceleration applied
 
 
 def _null_row(pad_id: int) -> Row:
@@ -172,6 +174,7 @@ def build(cfg: TrainConfig, dist: D.DistState) -> Setup:
         raise UserError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has {vocab}")
     torch.manual_seed(cfg.train.seed)  # the same adapter init on every rank
     model = apply_lora(model, cfg.lora, cfg.model.gradient_checkpointing)
+    accel = accelerate(model, cfg.model, dist.device)  # compile each layer before sharding it
     if dist.distributed and cfg.distributed.fsdp:
         D.shard_adapter(model, decoder_layers(model), dist)
     torch.manual_seed(cfg.train.seed + 7919 * dist.rank)  # dropout streams differ per rank
@@ -182,7 +185,7 @@ def build(cfg: TrainConfig, dist: D.DistState) -> Setup:
         padder = PaddedCollator(pad, cfg.data.padding, cfg.data.max_seq_len)
         collate = lambda rs: padder([ex for r in rs for ex in r])  # noqa: E731  one example per row
     precision = AdapterPrecision(model, cfg.model, dist.device)
-    return Setup(cfg, dist, model, tokenizer, rows, val_rows, collate, packed, pad, report, precision, manifest)
+    return Setup(cfg, dist, model, tokenizer, rows, val_rows, collate, packed, pad, report, precision, manifest, accel)
 
 
 def train(cfg: TrainConfig, keep_model: bool = False) -> dict[str, Any]:
@@ -326,6 +329,7 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool, ckpt: Checkpoint
         "val_losses": val_losses,
         "peak_mem_gb": mem.peak_gb(),
         "packing_efficiency": s.report["packing_efficiency"],
+        "acceleration": {**s.acceleration, **(compile_report() if cfg.model.compile else {})},
     }
     if keep_model:
         result["model"], result["tokenizer"] = model, s.tokenizer
