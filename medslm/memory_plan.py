@@ -233,10 +233,10 @@ def layer_activations(shape: ModelShape, s: PlanSettings) -> list[tuple[str, int
             return
         n_in = targeted[name][0]
         per = 0
-        if s.lora_fp32_path and a < 4:
-            per += t * n_in * 4  # the fp32 copy of the input
         if s.lora_dropout > 0:
-            per += t * n_in * (lora_in + mask)  # dropped copy + mask
+            per += t * n_in * (lora_in + mask)  # dropped copy (saved by lora_A) + mask
+        elif s.lora_fp32_path and a < 4:
+            per += t * n_in * 4  # lora_A saves the fp32 copy of its input
         per += t * s.lora_r * lora_in  # lora_A's output, saved by lora_B
         items.append((f"lora {name}", per))
 

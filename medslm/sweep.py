@@ -48,6 +48,7 @@ class SweepConfig:
     address: str | None = None  # None: start Ray locally; "auto" or ray://HOST:PORT: connect
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
+    procs_per_trial: int = 0  # processes per trial (torchrun); 0: one per GPU when gpus_per_trial > 1, else 1
     train_args: list[str] = field(default_factory=list)  # --section.key=value for every trial
 
     def validate(self) -> None:
@@ -57,6 +58,11 @@ class SweepConfig:
             raise ConfigError(f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}")
         if self.gpus_per_trial < 0:
             raise ConfigError(f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}")
+        if self.gpus_per_trial > 1 and not float(self.gpus_per_trial).is_integer():
+            raise ConfigError(f"--gpus-per-trial above 1 must be a whole number of GPUs, got {self.gpus_per_trial:g}")
+        if self.procs_per_trial < 0 or (self.procs_per_trial > 1 and 0 < self.gpus_per_trial != self.procs_per_trial):
+            raise ConfigError(f"--procs-per-trial={self.procs_per_trial}: with GPUs a trial runs one process per GPU "
+                              f"(--gpus-per-trial={self.gpus_per_trial:g}); leave it out, or use it without GPUs (gloo)")
         if self.kind == "grid":
             for name, values in (("--ranks", self.ranks), ("--alphas", self.alphas)):
                 if not values:
@@ -87,6 +93,12 @@ class SweepConfig:
                     raise ConfigError(f"--gpus-per-trial={self.gpus_per_trial:g} but this machine has {ngpu} GPUs")
 
 
+def procs_per_trial(cfg: SweepConfig) -> int:
+    if cfg.procs_per_trial:
+        return cfg.procs_per_trial
+    return int(cfg.gpus_per_trial) if cfg.gpus_per_trial > 1 else 1
+
+
 def _no_duplicates(name: str, values: list[Any]) -> None:
     seen = set()
     for v in values:
@@ -100,7 +112,7 @@ def _no_duplicates(name: str, values: list[Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 _LIST_OPTS = {"ranks": int, "alphas": int, "ratios": str}
-_SCALAR_OPTS = {"config": str, "out": str, "address": str, "cpus-per-trial": float, "gpus-per-trial": float}
+_SCALAR_OPTS = {"config": str, "out": str, "address": str, "cpus-per-trial": float, "gpus-per-trial": float, "procs-per-trial": int}
 
 
 def _split_list(opt: str, text: str, conv: type) -> list[Any]:
@@ -131,11 +143,11 @@ def parse_sweep_args(kind: Kind, argv: list[str], default_out: str) -> SweepConf
                 raise ConfigError(f"--{key} is not an option of the {kind} sweep")
             setattr(cfg, key, _split_list(key, value, _LIST_OPTS[key]))
         elif key in _SCALAR_OPTS:
-            if _SCALAR_OPTS[key] is float:
+            if _SCALAR_OPTS[key] in (float, int):
                 try:
-                    setattr(cfg, key.replace("-", "_"), float(value))
+                    setattr(cfg, key.replace("-", "_"), _SCALAR_OPTS[key](value))
                 except ValueError:
-                    raise ConfigError(f"--{key} must be a number, got {value!r}") from None
+                    raise ConfigError(f"--{key} must be {'an integer' if _SCALAR_OPTS[key] is int else 'a number'}, got {value!r}") from None
             else:
                 setattr(cfg, key, value)
         elif "." in key:  # a TrainConfig override, checked by parse_config in build_trials
@@ -253,7 +265,7 @@ def run_trial(base: dict[str, Any], params: dict[str, Any], out: str, threads: i
 
 
 def _trainable(config: dict[str, Any], base: dict[str, Any], out: str, threads: int,
-               cwd: str | None, env: dict[str, str]) -> None:
+               cwd: str | None, env: dict[str, str], procs: int = 1) -> None:
     from ray import tune
 
     os.environ.update(env)
@@ -264,7 +276,12 @@ def _trainable(config: dict[str, Any], base: dict[str, Any], out: str, threads: 
     params = {k: config[k] for k in ("r", "alpha", "ratio") if k in config}
     run_dir = Path(out) / trial_name(params)
     try:
-        metrics = run_trial(base, params, out, threads)
+        if procs > 1:  # an N-process FSDP job: torchrun on the GPUs Ray placed this trial on
+            from medslm.trial_launcher import run_trial_torchrun
+
+            metrics = run_trial_torchrun(base, params, out, procs, max(1, threads // procs))
+        else:
+            metrics = run_trial(base, params, out, threads)
     except BaseException:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
@@ -379,7 +396,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
         env = {k: v for k, v in os.environ.items() if k.startswith("MEDSLM_")} if local else {}
         trainable = tune.with_parameters(
             _trainable, base=base, out=str(out), threads=max(1, int(cfg.cpus_per_trial)),
-            cwd=os.getcwd() if local else None, env=env,
+            cwd=os.getcwd() if local else None, env=env, procs=procs_per_trial(cfg),
         )
         resources = {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial}
         space = {k: tune.grid_search(v) for k, v in param_grid(cfg).items()}

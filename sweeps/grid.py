@@ -7,8 +7,9 @@ train.py run + evaluation per trial.
 
 Options: --config FILE (default configs/tiny.yaml), --ranks LIST, --alphas LIST, --out DIR
 (default runs/sweep-grid), --address auto|ray://HOST:PORT (default: start Ray here),
---cpus-per-trial N (1), --gpus-per-trial N (0), and --section.key=value overrides for every
-trial's TrainConfig. Writes OUT/<trial>/ (e.g. OUT/r16-a64: a train.py run with tb/ and eval/),
+--cpus-per-trial N (1), --gpus-per-trial N (0; N > 1: each trial is an N-process torchrun job,
+one per GPU), --procs-per-trial N (processes per trial without GPUs: gloo), and --section.key=value
+overrides for every trial's TrainConfig. Writes OUT/<trial>/ (e.g. OUT/r16-a64: a train.py run with tb/ and eval/),
 OUT/results.json, OUT/results.md and Ray's own files in OUT/ray. Exit 2 on bad options, 1 if any
 trial failed. TensorBoard: tensorboard --logdir OUT.
 """

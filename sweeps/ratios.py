@@ -7,7 +7,9 @@ train.py run + evaluation per ratio (LoRA settings from the config).
 
 Options: --config FILE (default configs/tiny.yaml), --ratios LIST, --out DIR (default
 runs/sweep-ratios), --address auto|ray://HOST:PORT (default: start Ray here), --cpus-per-trial N
-(1), --gpus-per-trial N (0), and --section.key=value overrides for every trial's TrainConfig.
+(1), --gpus-per-trial N (0; N > 1: each trial is an N-process torchrun job, one per GPU),
+--procs-per-trial N (processes per trial without GPUs: gloo), and --section.key=value overrides
+for every trial's TrainConfig.
 Writes OUT/<trial>/ (e.g. OUT/ratio-10-3: a train.py run with tb/ and eval/), OUT/results.json,
 OUT/results.md and Ray's own files in OUT/ray. Exit 2 on bad options, 1 if any trial failed.
 Compare two mixes afterwards: python evaluate.py compare OUT/ratio-5-5/eval OUT/ratio-10-3/eval
