@@ -12,9 +12,10 @@ printed, written to ``config.yaml`` (what evaluate.py and resume read) and logge
 Only the first :data:`WINDOW_STEPS` optimizer steps of a process adapt (the second is the first
 with AdamW's state allocated, so it holds the step's peak); later the error stands, as without the
 option. Under torchrun the ranks agree after every attempt (a max over ranks of "ran out"), so all
-ranks shrink together. Packed rows all have the same shape, so every rank of a homogeneous node
-runs out at the same micro-batch; with FSDP a rank that alone runs out while the others wait in a
-collective cannot be recovered.
+ranks shrink together, and FSDP2's half-done step is reset (``FSDPModule.reset_iter_state``,
+torch >= 2.13; on an older torch the error stands). Packed rows all have the same shape, so every
+rank of a homogeneous node runs out at the same micro-batch; a rank that alone runs out while the
+others wait in one of FSDP's collectives cannot be recovered (they wait until the timeout).
 """
 
 from __future__ import annotations
@@ -44,9 +45,11 @@ def smaller_micro_batch(micro: int) -> int:
 class AutoMicroBatch:
     """Wraps one optimizer step's micro-steps; retries them at a smaller micro-batch on OOM."""
 
-    def __init__(self, cfg: Any, dist: D.DistState, params: list[torch.nn.Parameter], output_dir: str, logger: Any, start_step: int):
+    def __init__(self, cfg: Any, dist: D.DistState, model: Any, params: list[torch.nn.Parameter], output_dir: str, logger: Any,
+                 start_step: int):
         self.cfg = cfg
         self.dist = dist
+        self.model = model
         self.params = params
         self.output_dir = output_dir
         self.logger = logger
@@ -81,6 +84,8 @@ class AutoMicroBatch:
             self._shrink(step)
 
     def _reset(self, rng: dict[str, Any]) -> None:
+        if not D.reset_after_failed_step(self.model):
+            raise torch.cuda.OutOfMemoryError("out of memory under FSDP, which this torch cannot recover from (FSDP2 reset_iter_state needs torch >= 2.13)")
         for p in self.params:
             p.grad = None
         gc.collect()

@@ -279,7 +279,7 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool = False) -> dict[
     row_sup = [supervised_tokens(r) for r in s.rows]
     row_real = [sum(len(ex["input_ids"]) for ex in r) for r in s.rows]
 
-    auto_batch = AutoMicroBatch(cfg, dist, params, out, logger, start_step)
+    auto_batch = AutoMicroBatch(cfg, dist, model, params, out, logger, start_step)
     bar = None
     if dist.is_main and t_cfg.progress:
         from tqdm import tqdm

@@ -97,3 +97,67 @@ def test_without_the_option_or_at_micro_batch_1_the_error_stands(tmp_path, monke
         train(_cfg(tmp_path / "off", "--train.micro_batch_size=2", "--train.grad_accum=1"))
     with pytest.raises(UserError, match="CUDA out of memory at train.micro_batch_size=1"):
         train(_cfg(tmp_path / "on", "--train.micro_batch_size=2", "--train.grad_accum=1", "--train.auto_micro_batch=true"))
+
+
+INJECT = '''"""train.py under torchrun, every second micro-batch of >= ROWS rows running out of memory in the
+backward of decoder layer 0: FSDP has already reduce-scattered the later layers' gradients."""
+import os, sys
+sys.path.insert(0, os.getcwd())
+import torch
+from medslm import trainer
+from medslm.modeling import decoder_layers
+
+ROWS, seen, build, loss_sum = int(os.environ["INJECT_ROWS"]), {"rows": 0, "n": 0}, trainer.build, trainer.batch_loss_sum
+
+def build_with_fault(cfg, dist):
+    s = build(cfg, dist)
+    def fault(module, grad_out):
+        if seen["rows"] >= ROWS and seen["n"] % 2 == 0:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected mid-backward)")
+    decoder_layers(s.model)[0].register_full_backward_pre_hook(fault)
+    return s
+
+def counting_loss_sum(model, batch, packed, device):
+    seen["rows"] = batch["input_ids"].shape[0]
+    seen["n"] += seen["rows"] >= ROWS
+    return loss_sum(model, batch, packed, device)
+
+trainer.build, trainer.batch_loss_sum = build_with_fault, counting_loss_sum
+sys.argv[0] = "train.py"
+exec(compile(open("train.py").read(), "train.py", "exec"))
+'''
+
+
+def test_two_ranks_under_fsdp_recover_from_an_oom_mid_backward(tmp_path):
+    """Both ranks run out in layer 0's backward (after FSDP reduce-scattered the later layers):
+    FSDP is reset, the step retried at micro-batch 2, and the losses equal a 2-rank run started there."""
+    import os
+    import subprocess
+    import sys
+
+    from torch.distributed.fsdp import FSDPModule
+
+    script = tmp_path / "oom_train.py"
+    script.write_text(INJECT)
+    common = [*FAST, "--train.max_steps=2", "--model.compute_dtype=float32"]
+    env = {**{k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}, "OMP_NUM_THREADS": "1", "INJECT_ROWS": "4"}
+
+    def torchrun(prog, *args):
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", prog, *common, *args],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+    got = torchrun(str(script), "--train.micro_batch_size=4", "--train.grad_accum=2", "--train.auto_micro_batch=true",
+                   f"--train.output_dir={tmp_path / 'auto'}")
+    if not hasattr(FSDPModule, "reset_iter_state"):  # torch < 2.13: FSDP cannot be reset, the error stands
+        assert got.returncode != 0 and "CUDA out of memory" in got.stderr
+        return
+    assert got.returncode == 0, got.stderr[-3000:]
+    assert got.stdout.count("retrying the step with micro_batch_size 2 x grad_accum 4 (global batch 16 rows, unchanged)") == 1
+    ref = torchrun("train.py", "--train.micro_batch_size=2", "--train.grad_accum=4", f"--train.output_dir={tmp_path / 'ref'}")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    a = {r["step"]: r["loss"] for r in _records(tmp_path / "ref") if r["kind"] == "train"}
+    b = {r["step"]: r["loss"] for r in _records(tmp_path / "auto") if r["kind"] == "train"}
+    assert sorted(a) == sorted(b) == [1, 2]
+    assert b == pytest.approx(a, rel=1e-6)
+    saved = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["train"]
+    assert (saved["micro_batch_size"], saved["grad_accum"]) == (2, 4)
