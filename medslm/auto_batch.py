@@ -16,6 +16,9 @@ ranks shrink together, and FSDP2's half-done step is reset (``FSDPModule.reset_i
 torch >= 2.13; on an older torch the error stands). Packed rows all have the same shape, so every
 rank of a homogeneous node runs out at the same micro-batch; a rank that alone runs out while the
 others wait in one of FSDP's collectives cannot be recovered (they wait until the timeout).
+Tested on 2 gloo ranks with the error raised as a micro-batch's backward starts. Raised inside a
+decoder layer's backward (after FSDP reduce-scattered later layers), the recovery gave the same
+losses in one run by hand but hung in two of three on gloo: under FSDP, treat it as experimental.
 """
 
 from __future__ import annotations

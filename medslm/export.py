@@ -203,7 +203,9 @@ def _write_merged(run: Path, run_cfg: Any, cfg: ExportConfig, out: Path) -> dict
     model = merged_model(run, run_cfg, base_path, DTYPES[cfg.dtype])
     model.save_pretrained(out, safe_serialization=True)
     base_dir = Path(base_path)
-    if base_dir.is_dir():  # tokenizer, processor and chat template files of the base (a multimodal processor too)
+    if not base_dir.is_dir():  # a hub id: its small files (from the HF cache, or fetched)
+        base_dir = _hub_small_files(base_path)
+    if base_dir is not None:  # tokenizer, processor and chat template files of the base (a multimodal processor too)
         for f in base_dir.iterdir():
             if f.is_file() and not WEIGHT_FILES.match(f.name) and not (out / f.name).exists():
                 shutil.copy2(f, out / f.name)
@@ -213,6 +215,16 @@ def _write_merged(run: Path, run_cfg: Any, cfg: ExportConfig, out: Path) -> dict
             shutil.copy2(f, out / f.name)
     return {"kind": "merged", "base_model": base_model_id(run_cfg) if not cfg.base else cfg.base,
             "architecture": type(model).__name__, "dtype": cfg.dtype}
+
+
+def _hub_small_files(repo_id: str) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.model", "*.txt", "*.jinja"]))
+    except Exception as exc:  # offline and not cached: the run's tokenizer is still written
+        print(f"note: could not read {repo_id}'s processor/tokenizer files ({type(exc).__name__}); only the run's tokenizer is in the export")
+        return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -222,7 +222,7 @@ def layer_activations(shape: ModelShape, s: PlanSettings) -> list[tuple[str, int
     t, a = s.tokens, s.compute_bytes
     h, i, d = shape.hidden_size, shape.intermediate_size, shape.head_dim
     q, kv = shape.num_attention_heads * d, shape.num_key_value_heads * d
-    fp32_copy = 4 if a < 4 else 0  # norms compute in fp32: the saved input is a float32 copy
+    fp32_copy = 4  # norms compute in fp32 and save their input: a float32 copy (or the fp32 input itself)
     mask = (1 if s.device == "cuda" else (4 if s.lora_fp32_path else a))
     lora_in = 4 if s.lora_fp32_path else a  # PEFT's default path copies the adapter's input to fp32
     targeted = _targeted(shape, s)
@@ -281,7 +281,7 @@ def plan(shape: ModelShape, s: PlanSettings) -> dict[str, Any]:
     k = max(1, math.ceil(t * s.supervised_fraction))
     logits = k * shape.vocab_size * (a + 4 + 4)  # bf16 logits, fp32 log-softmax, its gradient
     with_ckpt = layer_inputs + rope + per_layer + backward
-    without_ckpt = layer_inputs + rope + shape.num_hidden_layers * per_layer + backward
+    without_ckpt = t * h * 4 + rope + shape.num_hidden_layers * per_layer + backward  # every layer keeps its saved tensors
     activations = with_ckpt if s.gradient_checkpointing else without_ckpt
     state = sum(base.values()) + lora_b + grads + adam
     peak = state + autocast_copies + batch + max(activations, layer_inputs + rope + logits)
