@@ -33,6 +33,7 @@ class TrainSection:
     log_every: int = 1
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True
+    auto_micro_batch: bool = False  # on CUDA OOM in the first steps: halve micro_batch_size, multiply grad_accum (same global batch)
 
     def validate(self) -> None:
         for key in ("micro_batch_size", "grad_accum", "epochs", "log_every", "keep_checkpoints"):
@@ -95,6 +96,7 @@ RESUME_MAY_CHANGE = (
     "data.packed",
     "train.micro_batch_size",
     "train.grad_accum",
+    "train.auto_micro_batch",
     "train.save_every",
     "train.keep_checkpoints",
     "train.output_dir",
