@@ -6,7 +6,10 @@ computed from ``cu_seq_lens_q`` (the collator's ``cu_seqlens``), passed as a key
 model's forward and handed down to every attention layer.
 
 - CUDA: ``torch.nn.attention.varlen.varlen_attn`` (flash kernels), or ``flash_attn``'s
-  ``flash_attn_varlen_func`` when that package is installed and torch has no varlen op.
+  ``flash_attn_varlen_func`` when that package is installed and torch has no varlen op. A
+  sliding window (Gemma 3's local layers) is dropped when no segment of the batch is longer than
+  it (the same attention, exactly); torch < 2.12 has no windowed varlen op, so a longer segment
+  then takes the per-segment path below.
 - CPU (and any other device): scaled-dot-product attention over each segment alone. The work is
   sum(len_i^2) instead of T^2, which is why packing is faster than padding here and not only
   equal.
@@ -14,10 +17,15 @@ model's forward and handed down to every attention layer.
 Inputs come flattened: the training loop feeds a packed batch as one row of ``B x T`` tokens, so
 ``cu_seqlens`` (over the flattened batch, as the collator emits it) indexes the tokens directly.
 Without ``cu_seq_lens_q`` the call falls through to transformers' SDPA path unchanged.
+
+Under ``torch.compile`` (``model.compile``) the CUDA path traces into one graph: ``cu_seqlens`` is
+checked on the host (``packed_forward_kwargs``) rather than read back from the device in every
+layer, and the per-segment path runs eagerly (its segment list is data, not shape).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 from typing import Any
 
@@ -52,6 +60,7 @@ def _window_mask(n: int, window: int, device: torch.device) -> torch.Tensor:
     return (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - window)
 
 
+@torch.compiler.disable
 def _segment_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, scale: float | None, window: int | None, dropout: float
 ) -> torch.Tensor:
@@ -90,18 +99,23 @@ def _segment_attention(
     return torch.cat(outs).transpose(0, 1)  # type: ignore[arg-type]
 
 
-_VARLEN_PARAMS: set[str] | None = None
+try:  # torch >= 2.9
+    from torch.nn.attention.varlen import varlen_attn as _torch_varlen_attn
+except ImportError:
+    _torch_varlen_attn = None
+
+# read once at import: torch.compile traces the attention call, and neither an import nor
+# inspect.signature belongs inside a traced function
+_VARLEN_PARAMS: set[str] = set(inspect.signature(_torch_varlen_attn).parameters) if _torch_varlen_attn else set()
+_HAS_TORCH_VARLEN = bool(_VARLEN_PARAMS)
+_HAS_FLASH_ATTN = importlib.util.find_spec("flash_attn") is not None
+_VARLEN_WINDOW = "window_size" in _VARLEN_PARAMS
 
 
 def _varlen_cuda(q, k, v, cu, max_len, scale, window):
     """q/k/v: [N, H, D] on CUDA; torch's native varlen flash attention (torch >= 2.9)."""
-    global _VARLEN_PARAMS
-    from torch.nn.attention.varlen import varlen_attn
-
-    if _VARLEN_PARAMS is None:
-        _VARLEN_PARAMS = set(inspect.signature(varlen_attn).parameters)
     kwargs: dict[str, Any] = {"scale": scale}
-    if "window_size" in _VARLEN_PARAMS:  # torch >= 2.12: causality is a (left, 0) window
+    if _VARLEN_WINDOW:  # torch >= 2.12: causality is a (left, 0) window
         kwargs["window_size"] = (window - 1 if window else -1, 0)
     else:  # torch 2.9-2.11
         if window:
@@ -114,7 +128,7 @@ def _varlen_cuda(q, k, v, cu, max_len, scale, window):
             rep = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     cu32 = cu.to(device=q.device, dtype=torch.int32)
-    return varlen_attn(q, k, v, cu32, cu32, max_len, max_len, **kwargs)
+    return _torch_varlen_attn(q, k, v, cu32, cu32, max_len, max_len, **kwargs)
 
 
 def _flash_attn_cuda(q, k, v, cu, max_len, scale, window):
@@ -123,14 +137,6 @@ def _flash_attn_cuda(q, k, v, cu, max_len, scale, window):
     cu32 = cu.to(device=q.device, dtype=torch.int32)
     win = (window - 1, 0) if window else (-1, -1)
     return flash_attn_varlen_func(q, k, v, cu32, cu32, max_len, max_len, softmax_scale=scale, causal=True, window_size=win)
-
-
-def _has_torch_varlen() -> bool:
-    try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def packed_attention_forward(
@@ -156,26 +162,28 @@ def packed_attention_forward(
     bsz, n_heads, seq, dim = query.shape
     if bsz != 1:
         raise ValueError(f"{ATTN_NAME} expects the packed batch flattened to one row, got batch size {bsz}")
-    if int(cu_seq_lens_q[-1]) != seq:
-        raise ValueError(f"cu_seqlens ends at {int(cu_seq_lens_q[-1])} but the sequence has {seq} tokens")
+    if not cu_seq_lens_q.is_cuda and not torch.compiler.is_compiling():
+        # packed_forward_kwargs checks this on the host before the transfer; on a device, reading
+        # the tensor here would stall every layer on a device-to-host copy (and break a compiled graph)
+        _check_cu_seqlens(cu_seq_lens_q, seq)
     window = int(sliding_window) if sliding_window else None
     drop = dropout if module.training else 0.0
-    if query.is_cuda and drop == 0.0 and (_has_torch_varlen() or _flash_available()):
-        q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [N, H, D]
+    if query.is_cuda and drop == 0.0 and (_HAS_TORCH_VARLEN or _HAS_FLASH_ATTN):
         max_len = int(max_length_q) if max_length_q else int((cu_seq_lens_q[1:] - cu_seq_lens_q[:-1]).max())
-        fn = _varlen_cuda if _has_torch_varlen() else _flash_attn_cuda
-        out = fn(q, k, v, cu_seq_lens_q, max_len, scaling, window)
-        return out.unsqueeze(0), None
+        if window is not None and max_len <= window:
+            window = None  # no segment outgrows the window: plain causal attention is the same function
+        if window is None or _VARLEN_WINDOW or _HAS_FLASH_ATTN:
+            q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [N, H, D]
+            fn = _varlen_cuda if _HAS_TORCH_VARLEN and (window is None or _VARLEN_WINDOW) else _flash_attn_cuda
+            out = fn(q, k, v, cu_seq_lens_q, max_len, scaling, window)
+            return out.unsqueeze(0), None
     out = _segment_attention(query[0], key[0], value[0], cu_seq_lens_q, scaling, window, drop)  # [H, N, D]
     return out.transpose(0, 1).unsqueeze(0), None
 
 
-def _flash_available() -> bool:
-    try:
-        import flash_attn  # type: ignore[import-not-found]  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _check_cu_seqlens(cu: torch.Tensor, seq: int) -> None:
+    if int(cu[-1]) != seq:
+        raise ValueError(f"cu_seqlens ends at {int(cu[-1])} but the sequence has {seq} tokens")
 
 
 def register() -> str:
@@ -189,6 +197,7 @@ def register() -> str:
 def packed_forward_kwargs(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
     """Model-forward keywords for a PackedCollator batch, flattened to one row of B x T tokens."""
     ids = batch["input_ids"]
+    _check_cu_seqlens(batch["cu_seqlens"], ids.numel())  # on the host, before the transfer
     cu = batch["cu_seqlens"].to(device=device, dtype=torch.int32)
     return {
         "input_ids": ids.reshape(1, -1).to(device),

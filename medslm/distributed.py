@@ -118,6 +118,25 @@ def shard_adapter(model: torch.nn.Module, layers: list[torch.nn.Module], state: 
     return model
 
 
+def reset_after_failed_step(model: torch.nn.Module) -> bool:
+    """Make FSDP2 usable again after an exception aborted a forward or backward mid-flight.
+
+    FSDP2 then holds unsharded parameters and half-done collectives; ``FSDPModule.reset_iter_state``
+    (torch >= 2.13) waits on them, reshards and clears its per-step state (the step's gradients
+    are lost). Returns False when the model is sharded and this torch has no such reset; True
+    when there is nothing to reset or it was reset.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        return True
+    reset = getattr(model, "reset_iter_state", None)
+    if reset is None:
+        return False
+    reset()
+    return True
+
+
 def is_sharded(param: torch.Tensor) -> bool:
     return type(param).__name__ == "DTensor"
 

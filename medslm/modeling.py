@@ -46,6 +46,10 @@ class ModelConfig:
     lora_compute_dtype: Literal["auto", "float32"] = "auto"
     # multimodal checkpoints (MedGemma): true loads only the language model and its head; false the whole model (vision tower frozen)
     text_only: bool = True
+    # the GPU fast path (medslm/acceleration.py); on CPU, auto changes nothing
+    compile: bool = False  # torch.compile each decoder layer (regional); the first steps pay the compile
+    fused_kernels: Literal["auto", "liger", "none"] = "auto"  # auto: Liger's kernels on CUDA if installed, unless compiled
+    lora_forward: Literal["auto", "fused", "peft"] = "auto"  # auto: medslm/lora_fast.py on CUDA, PEFT's forward on CPU
     trust_remote_code: bool = False  # run Python code shipped with a hub model (off: transformers' own classes only)
     embedded_seed: int = 0  # init seed of the embedded tiny model
 

@@ -60,6 +60,7 @@ class SweepConfig:
     domain_rules: str | None = None  # topic rules for every evaluation (None: the shipped file)
     report_only: bool = False  # ratios: rebuild the decision report from finished trials, run nothing
     report: ReportConfig = field(default_factory=ReportConfig)  # ratios: reference and use weights
+    procs_per_trial: int = 0  # processes per trial (torchrun); 0: one per GPU when gpus_per_trial > 1, else 1
     train_args: list[str] = field(default_factory=list)  # --section.key=value for every trial
 
     def validate(self) -> None:
@@ -71,6 +72,11 @@ class SweepConfig:
             raise ConfigError(f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}")
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
             raise ConfigError(f"--retries must be an integer >= 0, got {self.retries!r}")
+        if self.gpus_per_trial > 1 and not float(self.gpus_per_trial).is_integer():
+            raise ConfigError(f"--gpus-per-trial above 1 must be a whole number of GPUs, got {self.gpus_per_trial:g}")
+        if self.procs_per_trial < 0 or (self.procs_per_trial > 1 and 0 < self.gpus_per_trial != self.procs_per_trial):
+            raise ConfigError(f"--procs-per-trial={self.procs_per_trial}: with GPUs a trial runs one process per GPU "
+                              f"(--gpus-per-trial={self.gpus_per_trial:g}); leave it out, or use it without GPUs (gloo)")
         if self.kind == "grid":
             for name, values in (("--ranks", self.ranks), ("--alphas", self.alphas)):
                 if not values:
@@ -102,6 +108,12 @@ class SweepConfig:
                     raise ConfigError(f"--gpus-per-trial={self.gpus_per_trial:g} but this machine has {ngpu} GPUs")
 
 
+def procs_per_trial(cfg: SweepConfig) -> int:
+    if cfg.procs_per_trial:
+        return cfg.procs_per_trial
+    return int(cfg.gpus_per_trial) if cfg.gpus_per_trial > 1 else 1
+
+
 def _no_duplicates(name: str, values: list[Any]) -> None:
     seen = set()
     for v in values:
@@ -116,7 +128,7 @@ def _no_duplicates(name: str, values: list[Any]) -> None:
 
 _LIST_OPTS = {"ranks": int, "alphas": int, "ratios": str}
 _SCALAR_OPTS = {"config": str, "out": str, "address": str, "cpus-per-trial": float, "gpus-per-trial": float,
-                "retries": int, "domain-rules": str}
+                "procs-per-trial": int, "retries": int, "domain-rules": str}
 
 
 def _split_list(opt: str, text: str, conv: type) -> list[Any]:
@@ -260,8 +272,10 @@ def metrics_of(train_result: dict[str, Any], eval_result: dict[str, Any] | None)
 TRAIN_SUMMARY = ("final_loss", "val_losses", "steps", "peak_mem_gb", "packing_efficiency")
 
 
-def run_trial(base: dict[str, Any], params: dict[str, Any], out: str, threads: int, domain_rules: str | None = None) -> dict[str, Any]:
-    """Train + evaluate one trial in this process (a world of one); returns the metrics.
+def run_trial(base: dict[str, Any], params: dict[str, Any], out: str, threads: int, domain_rules: str | None = None,
+              procs: int = 1) -> dict[str, Any]:
+    """Train + evaluate one trial; returns the metrics. Training runs in this process (a world of
+    one) or, with ``procs > 1``, as a ``procs``-rank torchrun job (:mod:`medslm.trial_launcher`).
 
     The trial's state goes to ``OUT/<trial>/trial.json`` (:mod:`medslm.trials`): a trial that
     finished training earlier is only evaluated; otherwise training resumes from its newest
@@ -302,7 +316,12 @@ def run_trial(base: dict[str, Any], params: dict[str, Any], out: str, threads: i
         metrics = metrics_of({}, ev)
     else:
         if "train" not in state:
-            result = train_entry.main(tc)
+            if procs > 1:  # an N-process FSDP job: torchrun on the GPUs Ray placed this trial on
+                from medslm.trial_launcher import train_torchrun
+
+                result = train_torchrun(tc, out, procs, max(1, threads // procs))
+            else:
+                result = train_entry.main(tc)
             state.update(stage="trained", train={k: result.get(k) for k in TRAIN_SUMMARY})
             T.write_trial(run_dir, state)
         ev = evaluate(EvalConfig(run=str(run_dir), progress=tc.train.progress, domain_rules=domain_rules))
@@ -319,7 +338,7 @@ def _step_of(checkpoint: Path | None) -> int:
 
 
 def _trainable(config: dict[str, Any], plan: dict[str, dict[str, Any]], base: dict[str, Any], out: str, threads: int,
-               cwd: str | None, env: dict[str, str], domain_rules: str | None) -> None:
+               cwd: str | None, env: dict[str, str], domain_rules: str | None, procs: int = 1) -> None:
     from ray import tune
 
     from medslm.cli import USER_ERRORS
@@ -335,7 +354,7 @@ def _trainable(config: dict[str, Any], plan: dict[str, dict[str, Any]], base: di
     run_dir = Path(out) / trial_name(params)
     (run_dir / "error.txt").unlink(missing_ok=True)  # from an earlier attempt
     try:
-        metrics = run_trial(base, params, out, threads, domain_rules)
+        metrics = run_trial(base, params, out, threads, domain_rules, procs)
     except USER_ERRORS as exc:  # deterministic (bad data, incompatible checkpoint): reported, not retried
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
@@ -487,6 +506,7 @@ def _tune(cfg: SweepConfig, trials: list[tuple[str, dict[str, Any], TrainConfig]
         trainable = tune.with_parameters(
             _trainable, plan={n: p for n, p, _ in trials}, base=to_dict(base_train_config(cfg)), out=str(out),
             threads=max(1, int(cfg.cpus_per_trial)), cwd=os.getcwd() if local else None, env=env, domain_rules=cfg.domain_rules,
+            procs=procs_per_trial(cfg),
         )
         resources = {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial}
 

@@ -35,6 +35,7 @@ class TrainSection:
     log_every: int = 1  # optimizer steps between metrics records (and progress lines in a log)
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True  # a bar on a terminal, a plain line every log_every steps in a log; false: neither
+    auto_micro_batch: bool = False  # on CUDA OOM in the first steps: halve micro_batch_size, multiply grad_accum (same global batch)
 
     def validate(self) -> None:
         for key in ("micro_batch_size", "grad_accum", "epochs", "log_every", "keep_checkpoints"):
@@ -95,9 +96,13 @@ class TrainConfig:
 # may trade against each other and against the number of ranks.
 RESUME_MAY_CHANGE = (
     "model.gradient_checkpointing",
+    "model.compile",
+    "model.fused_kernels",
+    "model.lora_forward",
     "data.packed",
     "train.micro_batch_size",
     "train.grad_accum",
+    "train.auto_micro_batch",
     "train.save_every",
     "train.keep_checkpoints",
     "train.output_dir",

@@ -19,7 +19,7 @@ import os
 import random
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,7 +29,9 @@ from pathlib import Path
 
 from medslm import console
 from medslm import distributed as D
+from medslm.acceleration import accelerate, compile_report
 from medslm.attention import packed_forward_kwargs
+from medslm.auto_batch import AutoMicroBatch
 from medslm.checkpoint import Checkpoint, save_adapter, save_checkpoint
 from medslm.cli import UserError
 from medslm.config import save_config, to_dict
@@ -136,6 +138,7 @@ class Setup:
     report: dict[str, Any]
     precision: AdapterPrecision
     manifest: list[dict[str, Any]]  # the items trained, validated and tested on (mix_manifest.jsonl)
+    acceleration: dict[str, Any] = field(default_factory=dict)  # what medslm.acceleration applied
 
 
 def _null_row(pad_id: int) -> Row:
@@ -178,6 +181,7 @@ def build(cfg: TrainConfig, dist: D.DistState) -> Setup:
         raise UserError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has {vocab}")
     torch.manual_seed(cfg.train.seed)  # the same adapter init on every rank
     model = apply_lora(model, cfg.lora, cfg.model.gradient_checkpointing)
+    accel = accelerate(model, cfg.model, dist.device)  # compile each layer before sharding it
     if dist.distributed and cfg.distributed.fsdp:
         D.shard_adapter(model, decoder_layers(model), dist)
     torch.manual_seed(cfg.train.seed + 7919 * dist.rank)  # dropout streams differ per rank
@@ -188,7 +192,7 @@ def build(cfg: TrainConfig, dist: D.DistState) -> Setup:
         padder = PaddedCollator(pad, cfg.data.padding, cfg.data.max_seq_len)
         collate = lambda rs: padder([ex for r in rs for ex in r])  # noqa: E731  one example per row
     precision = AdapterPrecision(model, cfg.model, dist.device)
-    return Setup(cfg, dist, model, tokenizer, rows, val_rows, collate, packed, pad, report, precision, manifest)
+    return Setup(cfg, dist, model, tokenizer, rows, val_rows, collate, packed, pad, report, precision, manifest, accel)
 
 
 def train(cfg: TrainConfig, keep_model: bool = False) -> dict[str, Any]:
@@ -208,7 +212,7 @@ def train(cfg: TrainConfig, keep_model: bool = False) -> dict[str, Any]:
         raise UserError(
             f"CUDA out of memory at train.micro_batch_size={cfg.train.micro_batch_size}, data.max_seq_len="
             f"{cfg.data.max_seq_len}: lower train.micro_batch_size (raise train.grad_accum to keep the global batch), "
-            "lower data.max_seq_len, keep model.gradient_checkpointing on, or use more GPUs"
+            "lower data.max_seq_len, keep model.gradient_checkpointing on, use more GPUs, or set train.auto_micro_batch=true"
         ) from None
     finally:
         try:
@@ -253,6 +257,7 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool, ckpt: Checkpoint
     row_sup = [supervised_tokens(r) for r in s.rows]
     row_real = [sum(len(ex["input_ids"]) for ex in r) for r in s.rows]
 
+    auto_batch = AutoMicroBatch(cfg, dist, model, params, out, logger, start_step)
     if dist.is_main:
         print(console.train_banner(
             cfg=cfg, model=model, dist=dist, report=s.report, trainable=sum(p.numel() for p in params), n_rows=len(s.rows),
@@ -268,20 +273,24 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool, ckpt: Checkpoint
     while step < total_steps:
         epoch, in_epoch = divmod(step, steps_per_epoch)
         order = epoch_order(len(s.rows), t_cfg.seed, epoch)
-        slices = step_slices(order, in_epoch, t_cfg.micro_batch_size, t_cfg.grad_accum, dist.world_size, dist.rank)
         step_idx = order[in_epoch * g_rows : (in_epoch + 1) * g_rows]
         n_sup = sum(row_sup[i] for i in step_idx)  # the whole global batch, every rank alike
         n_real = sum(row_real[i] for i in step_idx)
         t0 = time.perf_counter()
-        local_sum = torch.zeros((), dtype=torch.float64)
-        for idx in slices:
-            rows = [s.rows[i] for i in idx] or [_null_row(s.pad)]
-            batch = s.collate(rows)
-            with s.precision.step():
-                with s.precision.forward():
-                    loss_sum, _ = batch_loss_sum(model, batch, s.packed, dist.device)
-                (loss_sum * (loss_scale / max(1, n_sup))).backward()
-            local_sum += loss_sum.detach().double().cpu()
+
+        def micro_steps() -> torch.Tensor:  # read micro_batch_size/grad_accum here: auto_micro_batch may change them
+            local_sum = torch.zeros((), dtype=torch.float64)
+            for idx in step_slices(order, in_epoch, t_cfg.micro_batch_size, t_cfg.grad_accum, dist.world_size, dist.rank):
+                rows = [s.rows[i] for i in idx] or [_null_row(s.pad)]
+                batch = s.collate(rows)
+                with s.precision.step():
+                    with s.precision.forward():
+                        loss_sum, _ = batch_loss_sum(model, batch, s.packed, dist.device)
+                    (loss_sum * (loss_scale / max(1, n_sup))).backward()
+                local_sum += loss_sum.detach().double().cpu()
+            return local_sum
+
+        local_sum = auto_batch.run(step + 1, micro_steps)
         if dist.distributed and not cfg.distributed.fsdp:
             D.all_reduce_grads(dist, params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, t_cfg.max_grad_norm)
@@ -347,6 +356,9 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool, ckpt: Checkpoint
         "val_losses": val_losses,
         "peak_mem_gb": mem.peak_gb(),
         "packing_efficiency": s.report["packing_efficiency"],
+        "acceleration": {**s.acceleration, **(compile_report() if cfg.model.compile else {})},
+        "micro_batch_size": t_cfg.micro_batch_size,
+        "grad_accum": t_cfg.grad_accum,
     }
     if keep_model:
         result["model"], result["tokenizer"] = model, s.tokenizer

@@ -7,7 +7,8 @@ train.py run + evaluation per trial.
 
 Options: --config FILE (default configs/tiny.yaml), --ranks LIST, --alphas LIST, --out DIR
 (default runs/sweep-grid), --address auto|ray://HOST:PORT (default: start Ray here),
---cpus-per-trial N (1), --gpus-per-trial N (0), --retries N (1: a crashed trial is retried this
+--cpus-per-trial N (1), --gpus-per-trial N (0; N > 1: each trial is an N-process torchrun job,
+one per GPU), --procs-per-trial N (processes per trial without GPUs: gloo), --retries N (1: a crashed trial is retried this
 often, resuming from its checkpoint), --domain-rules FILE (topic rules for the evaluations), and
 --section.key=value overrides for every trial's TrainConfig. Writes OUT/<trial>/ (e.g.
 OUT/r16-a64: a train.py run with tb/, eval/ and trial.json), OUT/results.json, OUT/results.md and

@@ -9,7 +9,8 @@ on the same items, and a decision report.
 
 Options: --config FILE (default configs/tiny.yaml), --ratios LIST, --out DIR (default
 runs/sweep-ratios), --address auto|ray://HOST:PORT (default: start Ray here), --cpus-per-trial N
-(1), --gpus-per-trial N (0), --retries N (1: a crashed trial is retried this often, resuming from
+(1), --gpus-per-trial N (0; N > 1: each trial is an N-process torchrun job,
+one per GPU), --procs-per-trial N (processes per trial without GPUs: gloo), --retries N (1: a crashed trial is retried this often, resuming from
 its checkpoint), --domain-rules FILE (topic rules; default medslm/assets/domain_rules.yaml), and
 --section.key=value overrides for every trial's TrainConfig.
 Decision report: --reference base|RATIO (forgetting against the base model before fine-tuning,

@@ -277,6 +277,8 @@ def test_paper_configs_without_data_stop_with_one_line_naming_the_keys(config, t
     line = _one_error_line(_cli("train.py", ["--config", f"configs/{config}", f"--train.output_dir={tmp_path / 'r'}"], timeout=120))
     for key in ("data.medqa", "data.kormedmcqa", "data.packed"):
         assert key in line, key
+    est = _cli("train.py", ["--config", f"configs/{config}", "--estimate-memory"], timeout=120)  # reads no data: still answers
+    assert est.returncode == 0 and json.loads(est.stdout.strip().splitlines()[-1])["seq_len"] == 2048, est.stderr[-2000:]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -142,3 +142,59 @@ def test_real_two_trial_grid(tmp_path, ray_session):
     md = (out / "results.md").read_text()
     assert "| r4-a16 |" in md and "| r8-a16 |" in md
     assert not os.environ.get("WORLD_SIZE")
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--gpus-per-trial", "1.5"], "whole number of GPUs"),
+        (["--procs-per-trial", "two"], "must be an integer"),
+        (["--procs-per-trial", "-1"], "procs-per-trial"),
+    ],
+)
+def test_multi_process_trial_options_are_checked(tmp_path, argv, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_sweep_args("grid", [*argv, "--out", str(tmp_path)], "x")
+
+
+def test_two_process_trial_equals_torchrun_of_its_config(tmp_path, monkeypatch):
+    """--procs-per-trial 2 (gloo on CPU; --gpus-per-trial 2 on GPUs) runs each trial as a 2-rank
+    FSDP job: its losses equal `torchrun --nproc_per_node 2 train.py` on the trial's config."""
+    import subprocess
+    import sys
+
+    import ray
+
+    from medslm.sweep import procs_per_trial
+
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    out = tmp_path / "sweep"
+    argv = ["--config", TINY, "--ranks", "4", "--alphas", "16", "--out", str(out), "--procs-per-trial", "2", *FAST,
+            "--train.grad_accum=1", "--lora.dropout=0.0"]
+    cfg = parse_sweep_args("grid", argv, "x")
+    assert procs_per_trial(cfg) == 2 and procs_per_trial(parse_sweep_args("grid", ["--gpus-per-trial", "4", "--address", "auto"], "x")) == 4
+    try:
+        records = run_sweep(cfg)
+    finally:
+        ray.shutdown()
+    assert [r["status"] for r in records] == ["ok"], records
+    trial_cfg = out / "trials" / "r4-a16.yaml"
+    log = (out / "trials" / "r4-a16.log").read_text()
+    assert log.count("done: 2 steps") == 1  # one 2-rank job: rank 0 reports
+    by_hand = tmp_path / "by-hand"
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+                          "--config", str(trial_cfg), f"--train.output_dir={by_hand}"],
+                         cwd=REPO, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    def losses(run):
+        recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["kind"], r.get("loss", r.get("val_loss"))) for r in recs]
+
+    a, b = losses(out / "r4-a16"), losses(by_hand)
+    assert [x[:2] for x in a] == [x[:2] for x in b] and len(a) >= 3
+    assert [x[2] for x in a] == pytest.approx([x[2] for x in b], rel=1e-6)
+    m = records[0]["metrics"]
+    assert m["final_loss"] == pytest.approx([x[2] for x in b if x[1] == "train"][-1], rel=1e-6)
+    assert m["steps"] == 2 and 0 <= m["acc_medqa"] <= 1 and (out / "r4-a16" / "eval" / "eval.json").is_file()

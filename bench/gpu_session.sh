@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Everything the GPU speed work needs from one GPU, in one call: versions, the bench at MedGemma-4B
+# shape (eager baseline, each lever alone, all together, dropout 0, TRL in the same run, loss parity,
+# profiles), then the GPU tests. Prints a compact table at the end; logs and JSON go under $OUT.
+#
+#   OUT=/tmp/out bash bench/gpu_session.sh                 # on a GPU machine, from the repo root
+#   SHAPE=tiny STEPS=3 PARITY_STEPS=4 bash bench/gpu_session.sh   # dry run of the script on a CPU
+#
+# Knobs (environment): CONFIGS, STEPS, PARITY_STEPS, BENCH_TIMEOUT, CONFIG_TIMEOUT, RUN_TESTS=0|1.
+# Wheels for packages the machine lacks (bitsandbytes, liger-kernel, trl, datasets, dill,
+# multiprocess, peft) are installed from ./wheels when that folder exists.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu-session}
+mkdir -p "$OUT"
+WORK=$(mktemp -d /tmp/gpu-session-work.XXXX)
+SHAPE=${SHAPE:-medgemma-4b}
+STEPS=${STEPS:-8}
+PARITY_STEPS=${PARITY_STEPS:-20}
+CONFIGS=${CONFIGS:-eager,fast,trl,compile,lora,liger,fast_d0,default,trl_liger}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-370}
+PY=${PY:-python3}
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false MEDSLM_CACHE=$WORK/medslm-cache HF_HUB_OFFLINE=1
+LOG=$OUT/session.log
+exec > >(tee -a "$LOG") 2>&1
+
+pack() { tar -czf "$OUT/bench.tgz" -C "$WORK" bench 2>/dev/null; }
+
+echo "== $(date -u +%FT%TZ) $(hostname)"
+if [ -d wheels ] && ls wheels/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/pydeps" wheels/*.whl \
+    && export PYTHONPATH="$WORK/pydeps${PYTHONPATH:+:$PYTHONPATH}"
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>/dev/null || echo "no nvidia-smi"
+$PY - <<'EOF'
+import importlib.metadata as md, sys, torch
+print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)
+for p in ("transformers", "peft", "bitsandbytes", "trl", "liger-kernel", "triton", "datasets", "accelerate"):
+    try:
+        print(p, md.version(p))
+    except md.PackageNotFoundError:
+        print(p, "missing")
+if torch.cuda.is_available():
+    print(torch.cuda.get_device_name(0), torch.cuda.get_device_properties(0).total_memory / 2**30, "GiB")
+EOF
+
+echo "== bench/gpu_step.py $SHAPE"
+timeout "$BENCH_TIMEOUT" $PY bench/gpu_step.py --shape "$SHAPE" --configs "$CONFIGS" --steps "$STEPS" \
+  --parity-steps "$PARITY_STEPS" --timeout "${CONFIG_TIMEOUT:-170}" --out "$WORK/bench" ${MODEL_DIR:+--model-dir "$MODEL_DIR"}
+echo "bench exit $?"
+cp "$WORK/bench/summary.json" "$OUT/summary.json" 2>/dev/null || cp "$WORK/bench/results.json" "$OUT/results.json" 2>/dev/null
+pack
+
+if [ "${RUN_TESTS:-1}" = 1 ]; then
+  echo "== tests/test_gpu.py"
+  timeout "${TEST_TIMEOUT:-90}" $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -25
+  pack
+fi
+
+echo "== summary"
+$PY - "$WORK/bench" <<'EOF'
+import json, sys
+from pathlib import Path
+d = Path(sys.argv[1])
+f = d / "summary.json"
+if not f.exists():
+    print("no summary.json; results so far:", (d / "results.json").read_text()[:3000] if (d / "results.json").exists() else "none")
+    sys.exit()
+s = json.loads(f.read_text())
+print(s.get("device"), "torch", s.get("torch"), "transformers", s.get("transformers"), "peft", s.get("peft"), "bnb", s.get("bitsandbytes"), "trl", s.get("trl"), "liger", s.get("liger-kernel"))
+for k in ("medslm_config", "medslm_tokens_per_s", "trl_tokens_per_s", "speedup_vs_trl", "speedup_vs_eager", "medslm_peak_gb", "trl_peak_gb",
+          "matmul_share", "elementwise_share", "attention_share", "nf4_dequant_share", "eager_matmul_share", "eager_elementwise_share", "loss_parity_vs_eager"):
+    print(f"{k}: {s.get(k)}")
+for name, c in s["configs"].items():
+    acc = c.get("acceleration", {})
+    comp = {k: acc[k] for k in ("graphs", "frames_compiled", "graph_breaks") if k in acc}
+    print(f"{name:10} {json.dumps({k: c.get(k) for k in ('tokens_per_s', 'vs_eager', 'vs_trl', 'peak_gb', 'first_step_s', 'error') if c.get(k) is not None})} {json.dumps(comp) if comp else ''}")
+for p in sorted(d.glob("profile_*.json")):
+    prof = json.loads(p.read_text())
+    print(p.stem, prof["shares"], f"{prof['total_ms_per_step']:.0f} ms/step")
+    for t in prof["top"][:8]:
+        print("   ", t["share"], t["class"], t["name"][:90])
+EOF
+echo "== done $(date -u +%FT%TZ)"

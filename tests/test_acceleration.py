@@ -1,0 +1,235 @@
+"""The GPU fast path, checked on CPU: the compiled layers and the lean LoRA forward compute what the
+eager PEFT path computes (fp32), packed still equals each example alone, and the switches leave a
+CPU run untouched unless asked."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from medslm import acceleration, lora_fast
+from medslm.config import ConfigError
+from medslm.modeling import LoraConfigSection, ModelConfig, apply_lora, decoder_layers, load_base_model
+from medslm.packing import PackedCollator
+from medslm.trainer import batch_loss_sum
+
+CPU = torch.device("cpu")
+
+
+def _examples(lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in lengths:
+        ids = torch.randint(3, 4096, (n,), generator=g).tolist()
+        out.append({"input_ids": ids, "labels": [-100] * (n - 3) + ids[-3:]})
+    return out
+
+
+def _lora_model(name, quant="nf4", dropout=0.05, fast=False, compiled=False, dtype="auto", backend="inductor"):
+    base = load_base_model(ModelConfig(name_or_path=name, quantization=quant, attention="packed", compute_dtype=dtype), CPU)
+    torch.manual_seed(0)  # after loading: materialising the embedded model draws from the generator once
+    model = apply_lora(base, LoraConfigSection(r=4, alpha=8, dropout=dropout), gradient_checkpointing=True)
+    for n, p in model.named_parameters():  # non-zero B so every LoRA weight gets a gradient
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.02)
+    if fast:
+        assert lora_fast.enable(model) > 0
+    if compiled:
+        assert acceleration.compile_layers(model, backend=backend) == len(decoder_layers(model))
+    return model.train()
+
+
+def _steps(model, batches):
+    losses = []
+    for i, batch in enumerate(batches):
+        torch.manual_seed(100 + i)  # the same dropout draws in both models
+        loss, _ = batch_loss_sum(model, batch, True, CPU)
+        loss.backward()
+        losses.append(float(loss.detach()))
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return losses, grads
+
+
+def test_compiled_fast_path_matches_eager_in_fp32():
+    """Inductor-compiled layers + the lean LoRA forward vs PEFT eager: NF4 Gemma 3 (sliding and
+    full layers), dropout 0.05, activation checkpointing, a packed step forward and backward.
+    Inductor draws dropout masks with its own generator; fallback_random makes it use eager's, so
+    the comparison is of the math alone."""
+    batches = [PackedCollator(64, 0)([_examples([11, 25, 6]), _examples([30, 20], seed=1)])]
+    eager_losses, eager_grads = _steps(_lora_model("embedded:tiny-gemma3"), batches)
+    graphs = acceleration.compile_report()["graphs"]
+    with torch._inductor.config.patch(fallback_random=True):
+        fast_losses, fast_grads = _steps(_lora_model("embedded:tiny-gemma3", fast=True, compiled=True), batches)
+    assert acceleration.compile_report()["graphs"] > graphs  # the layers really were compiled
+    assert fast_losses[0] == pytest.approx(eager_losses[0], rel=1e-4)
+    assert eager_grads.keys() == fast_grads.keys() and eager_grads
+    for k in eager_grads:
+        torch.testing.assert_close(fast_grads[k], eager_grads[k], rtol=1e-4, atol=1e-4 * float(eager_grads[k].abs().max()))
+
+
+def test_new_segment_lengths_recompile_once_then_never():
+    """The longest segment (an int handed to the attention) changes with every batch: dynamo
+    recompiles once with it dynamic, and later batches reuse that graph. Graph capture is the
+    same for every backend, so aot_eager (no code generation) keeps this test fast."""
+    model = _lora_model("embedded:tiny-gemma3", fast=True, compiled=True, backend="aot_eager")
+    rows = [[[11, 25, 6], [30, 20]], [[40, 9], [7, 7, 7, 30]], [[50, 12], [3, 60]], [[33, 31], [64]]]
+    graphs = [acceleration.compile_report()["graphs"]]
+    for i, r in enumerate(rows):
+        batch = PackedCollator(64, 0)([_examples(r[0], seed=2 * i), _examples(r[1], seed=2 * i + 1)])
+        loss, _ = batch_loss_sum(model, batch, True, CPU)
+        loss.backward()
+        graphs.append(acceleration.compile_report()["graphs"])
+    assert graphs[1] > graphs[0]
+    assert graphs[2] <= 2 * graphs[1] - graphs[0]  # at most one recompile of each graph
+    assert graphs[4] == graphs[3] == graphs[2], graphs
+
+
+def test_packed_gradients_equal_per_example_gradients_on_the_fast_path():
+    """Packed == each example alone, through the lean LoRA forward and compiled layers (aot_eager:
+    the captured graphs, with the inductor numerics checked above)."""
+    exs = _examples([11, 25, 6])
+    packed = _lora_model("embedded", dropout=0.0, fast=True, compiled=True, backend="aot_eager")
+    loss, _ = batch_loss_sum(packed, PackedCollator(64, 0)([exs]), True, CPU)
+    loss.backward()
+    alone = _lora_model("embedded", dropout=0.0, fast=True, compiled=True, backend="aot_eager")
+    for ex in exs:
+        part, _ = batch_loss_sum(alone, PackedCollator(len(ex["input_ids"]), 0)([[ex]]), True, CPU)
+        part.backward()
+    ga = {n: p.grad for n, p in packed.named_parameters() if p.requires_grad}
+    gb = {n: p.grad for n, p in alone.named_parameters() if p.requires_grad}
+    assert ga.keys() == gb.keys() and ga
+    for k in ga:
+        torch.testing.assert_close(ga[k], gb[k], rtol=1e-4, atol=1e-6)
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops: list[tuple[str, torch.dtype, int]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.ops.append((str(func.overloadpacket.__name__), t.dtype, t.numel()))
+        return out
+
+
+@pytest.mark.parametrize("quant", ["none", "nf4"])
+def test_fast_lora_forward_is_peft_forward(quant):
+    model = _lora_model("embedded", quant=quant, dropout=0.1)
+    x = torch.randn(1, 12, 128, requires_grad=True)
+    layer = decoder_layers(model)[0].mlp.up_proj
+    torch.manual_seed(3)
+    ref = layer(x)
+    ref.sum().backward()
+    ref_grads = [x.grad.clone()] + [p.grad.clone() for p in layer.parameters() if p.requires_grad]
+    assert lora_fast.enable(model) == 7 * len(decoder_layers(model))
+    x.grad = None
+    for p in layer.parameters():
+        p.grad = None
+    torch.manual_seed(3)
+    out = layer(x)
+    out.sum().backward()
+    grads = [x.grad] + [p.grad for p in layer.parameters() if p.requires_grad]
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with model.disable_adapter():  # PEFT's own states still go through PEFT's forward
+        torch.testing.assert_close(layer(x), layer.base_layer(x))
+    assert lora_fast.disable(model) == 7 * len(decoder_layers(model))
+    assert "forward" not in layer.__dict__
+
+
+def _adapter_ops(fast: bool):
+    """Ops of one bf16 LoRA forward over a 4-bit layer under the trainer's bf16 autocast."""
+    model = _lora_model("embedded", quant="nf4", dropout=0.1, dtype="bfloat16")
+    if fast:
+        lora_fast.enable(model)
+    layer = decoder_layers(model)[0].mlp.up_proj  # 128 -> 384
+    x = torch.randn(1, 64, 128, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16), _Ops() as rec:
+        layer(x)
+    full = 64 * 384
+    return [op for op in rec.ops if op[2] >= full]  # activation-sized outputs only
+
+
+def test_fast_lora_makes_no_copy_scale_or_fp32_pass_over_the_output():
+    peft_ops = _adapter_ops(fast=False)
+    fast_ops = _adapter_ops(fast=True)
+    names = [name for name, _, _ in fast_ops]
+    # PEFT: the base result is cloned, the adapter output multiplied by the scale, then added
+    assert {"clone", "mul", "add"} <= {name for name, _, _ in peft_ops}
+    assert not {"clone", "mul", "add"} & set(names), names
+    assert names.count("addmm") == 1  # base + scale * (h @ B^T) in one GEMM
+    assert all(dtype == torch.bfloat16 for _, dtype, _ in fast_ops if dtype.is_floating_point), fast_ops
+
+
+def test_switches_leave_a_cpu_run_untouched_unless_asked():
+    model = _lora_model("embedded")
+    assert acceleration.accelerate(model, ModelConfig(), CPU) == {}
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    with pytest.raises(ConfigError, match="model.fused_kernels=liger"):
+        acceleration.accelerate(model, ModelConfig(fused_kernels="liger"), CPU)
+    report = acceleration.accelerate(model, ModelConfig(lora_forward="fused"), CPU)
+    assert report == {"fast_lora_modules": 7 * len(decoder_layers(model))}
+
+
+@pytest.mark.parametrize("name, norms_per_layer", [("embedded", 2), ("embedded:tiny-gemma3", 6)])
+def test_liger_patch_targets_norms_mlps_and_rope_and_leaves_cpu_rope_exact(name, norms_per_layer, monkeypatch):
+    import importlib
+
+    model = _lora_model(name, quant="none")
+    base = model.get_base_model()
+    mod = importlib.import_module(type(decoder_layers(model)[0]).__module__)
+    monkeypatch.setattr(mod, "apply_rotary_pos_emb", mod.apply_rotary_pos_emb)  # restored afterwards
+    original = mod.apply_rotary_pos_emb
+    n = len(decoder_layers(model))
+    counts = acceleration.patch_liger(base)
+    assert counts == {"rms_norm": norms_per_layer * n + 1, "mlp": n, "rope": 1}
+    assert acceleration.patch_liger(base) == {"rms_norm": 0, "mlp": 0, "rope": 1}  # idempotent
+    assert mod.apply_rotary_pos_emb is not original
+    q, k = torch.randn(1, 4, 10, 32), torch.randn(1, 2, 10, 32)
+    cos, sin = torch.randn(1, 10, 32), torch.randn(1, 10, 32)
+    for a, b in zip(mod.apply_rotary_pos_emb(q, k, cos, sin), original(q, k, cos, sin)):
+        assert torch.equal(a, b)  # CPU tensors never reach Liger
+
+
+def test_compiled_layers_under_fsdp2_on_two_ranks_equal_one_eager_rank(tmp_path):
+    """model.compile compiles each layer before FSDP2 shards it; 2 ranks under torchrun (gloo)
+    with the fast path == 1 eager rank with twice the accumulation. aot_eager (graph capture, no
+    code generation) keeps two compiling processes affordable on a CPU."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    common = ["--config", str(repo / "configs" / "tiny.yaml"), "--data.max_seq_len=384", "--train.micro_batch_size=2",
+              "--train.warmup_steps=2", "--train.progress=false", "--train.max_steps=3", "--lora.dropout=0.0",
+              "--train.save_every=0", "--distributed.fsdp=true", "--model.compute_dtype=float32"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MEDSLM_COMPILE_BACKEND": "aot_eager"}
+
+    def run(extra, nproc):
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
+        proc = subprocess.run([*launcher, "train.py", *common, *extra], cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    eager = run(["--train.grad_accum=2", f"--train.output_dir={tmp_path / 'one'}"], 1)
+    fast = run(["--train.grad_accum=1", "--model.compile=true", "--model.lora_forward=fused", f"--train.output_dir={tmp_path / 'two'}"], 2)
+    assert "fast path:" not in eager.stdout
+    (line,) = [ln for ln in fast.stdout.splitlines() if ln.startswith("fast path: ")]  # rank 0 only
+    report = json.loads(line[len("fast path: "):])
+    assert report["compiled_layers"] == 4 and report["fast_lora_modules"] == 28 and report["graphs"] > 0
+
+    def losses(run_dir):
+        recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in recs if r["kind"] == "train"}
+
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-4), step

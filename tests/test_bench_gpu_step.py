@@ -1,0 +1,39 @@
+"""bench/gpu_step.py at its CPU shape: medslm's real training path and TRL's SFTTrainer on the same
+items in one run, one JSON line with the figures the GPU run reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_step_bench_runs_medslm_and_trl_on_the_same_items(tmp_path):
+    pytest.importorskip("trl")
+    cmd = [sys.executable, "bench/gpu_step.py", "--shape", "tiny", "--configs", "eager,lora,trl", "--steps", "3",
+           "--skip", "1", "--parity", "eager,lora", "--parity-steps", "3", "--profile", "lora", "--headline", "lora",
+           "--out", str(tmp_path / "out")]
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    cfgs = out["configs"]
+    assert not [name for name, c in cfgs.items() if "error" in c], cfgs
+    for key in ("medslm_tokens_per_s", "trl_tokens_per_s", "speedup_vs_trl", "medslm_peak_gb", "trl_peak_gb", "matmul_share", "elementwise_share"):
+        assert key in out, key
+    assert out["medslm_tokens_per_s"] > 0 and out["trl_tokens_per_s"] > 0
+    assert out["speedup_vs_trl"] == pytest.approx(out["medslm_tokens_per_s"] / out["trl_tokens_per_s"], rel=1e-2)
+    # the same items: both sides train on about the same number of real tokens per step (2 x 512)
+    assert cfgs["trl"]["tokens_per_step"] == pytest.approx(cfgs["eager"]["tokens_per_step"], rel=0.05)
+    assert cfgs["eager"]["tokens_per_step"] > 0.9 * 2 * 512
+    # the fused LoRA forward inside the real trainer is PEFT's function: same losses on CPU fp32
+    assert out["loss_parity_vs_eager"]["lora"]["max_rel_loss_diff"] < 1e-6
+    prof = json.loads((tmp_path / "out" / "profile_lora.json").read_text())
+    assert sum(prof["shares"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert 0 < out["matmul_share"] < 1 and out["matmul_share"] == prof["shares"]["matmul"]
