@@ -12,6 +12,7 @@ A hub id is resolved through the HF cache first, with one error line when it can
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -24,6 +25,7 @@ from typing import Any, Literal
 
 import torch
 
+from medslm import files
 from medslm.cli import UserError
 from medslm.config import ConfigError
 
@@ -118,16 +120,26 @@ def materialise_embedded(name: str, seed: int = 0) -> Path:
     if (dest / "model.safetensors").is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{arch}-"))
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    init_output_head(model, torch.Generator().manual_seed(seed + 1))
-    with quiet_hf_progress(True):
-        model.save_pretrained(tmp, safe_serialization=True)
-    try:
-        tmp.rename(dest)
-    except OSError:  # another rank got there first
-        shutil.rmtree(tmp, ignore_errors=True)
+    # One writer at a time: ranks that start together on an empty cache wait for the first to publish.
+    with open(dest.parent / f".{dest.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (dest / "model.safetensors").is_file():
+            return dest
+        if dest.exists():  # a folder left half-written by a killed writer (publishing is a rename, so rare)
+            shutil.rmtree(dest)
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{arch}-"))
+        try:
+            # the caller's random stream is the same whether or not the cache was warm
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            init_output_head(model, torch.Generator().manual_seed(seed + 1))
+            with quiet_hf_progress(True):
+                model.save_pretrained(tmp, safe_serialization=True)
+            tmp.chmod(0o777 & ~files._umask())  # a team shares the cache
+            tmp.rename(dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

@@ -89,4 +89,6 @@ def test_packed_gradients_equal_the_sum_of_per_example_gradients():
     gb = {n: p.grad for n, p in alone.named_parameters() if p.requires_grad}
     assert ga.keys() == gb.keys() and ga
     for k in ga:
-        torch.testing.assert_close(ga[k], gb[k], rtol=1e-4, atol=1e-6)
+        # fp32 summation noise scales with the gradient (the embedded head, std 1/sqrt(hidden), gives
+        # gradients up to ~5): atol is 1e-6 of the largest entry, at least 1e-6
+        torch.testing.assert_close(ga[k], gb[k], rtol=1e-4, atol=1e-6 * max(1.0, float(ga[k].abs().max())))

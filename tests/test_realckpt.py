@@ -327,8 +327,31 @@ def test_embedded_cache_folder_changes_with_the_init_version(monkeypatch, tmp_pa
     from medslm import modeling
 
     monkeypatch.setenv("MEDSLM_CACHE", str(tmp_path))
-    now = modeling.materialise_embedded("embedded")
+    torch.manual_seed(123)
+    now = modeling.materialise_embedded("embedded")  # a cold cache: the model is written now
+    drawn = torch.rand(3)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(3), drawn)  # ...without touching the caller's random stream
     head = load_file(str(now / "model.safetensors"))["lm_head.weight"]
     assert head.norm(dim=1).mean() == pytest.approx(1.0, abs=0.05)  # std 1/sqrt(hidden): rows of norm ~1
     monkeypatch.setattr(modeling, "EMBEDDED_INIT_VERSION", modeling.EMBEDDED_INIT_VERSION + 1)
     assert modeling.materialise_embedded("embedded") != now
+
+
+def test_ranks_that_start_together_on_an_empty_cache_get_one_complete_model(tmp_path):
+    """Four processes materialise the embedded model at once (torchrun ranks on a fresh machine):
+    each gets the same folder, it loads, and no temporary folder is left behind."""
+    code = (
+        "import sys; from medslm.modeling import materialise_embedded; "
+        "from transformers import AutoConfig; d = materialise_embedded('embedded'); "
+        "AutoConfig.from_pretrained(d); print(d)"
+    )
+    env = {**os.environ, "MEDSLM_CACHE": str(tmp_path), "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err[-2000:] for _, err in outs]
+    folders = {out.strip() for out, _ in outs}
+    assert len(folders) == 1
+    models = tmp_path / "models"
+    assert sorted(p.name for p in models.iterdir() if not p.name.endswith(".lock")) == [Path(folders.pop()).name]
