@@ -44,8 +44,8 @@ class TrainSection:
         for key in ("warmup_steps", "max_steps", "save_every"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if not 0 < self.lr <= 1:  # past 1 AdamW's update overflows (1e300: a crash mid-step), and no sane run uses it
+            raise ConfigError(f"train.lr must be in (0, 1] (QLoRA uses ~1e-4 to 1e-3), got {self.lr}")
         if self.max_grad_norm <= 0:
             raise ConfigError(f"train.max_grad_norm must be positive, got {self.max_grad_norm}")
         if self.weight_decay < 0:

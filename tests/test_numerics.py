@@ -49,6 +49,14 @@ def test_non_finite_numbers_in_any_key_are_refused(argv, key):
         parse_config(TrainConfig, argv)
 
 
+@pytest.mark.parametrize("lr", ["1e300", "2", "0", "-1e-4"])
+def test_a_learning_rate_outside_zero_to_one_is_refused_before_training(lr):
+    """lr=1e300 is finite but overflows inside AdamW's step (a traceback mid-run): refused up front."""
+    with pytest.raises(ConfigError, match=r"train.lr must be in \(0, 1\]"):
+        parse_config(TrainConfig, [f"--train.lr={lr}"])
+    assert parse_config(TrainConfig, ["--train.lr=1"]).train.lr == 1.0
+
+
 def test_non_finite_numbers_in_yaml_are_refused(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("train:\n  weight_decay: .nan\n")
