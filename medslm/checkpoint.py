@@ -31,6 +31,7 @@ import torch
 import yaml
 
 from medslm.cli import UserError
+from medslm.files import torch_save
 
 STEP_PREFIX = "step-"
 TMP_PREFIX = ".tmp-"
@@ -166,7 +167,7 @@ def save_checkpoint(
     save_file({k: v.contiguous() for k, v in adapter.items()}, str(tmp / "adapter.safetensors"))
     (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
     files = {name: _sha256(tmp / name) for name in ("adapter.safetensors", "config.yaml")}
-    torch.save({**state, "files": files}, tmp / "state.pt")
+    torch_save({**state, "files": files}, tmp / "state.pt")
     publish(tmp, final)
     # Checkpoints past this step are a damaged future that resume=auto skipped: this run rewrites
     # them as it reaches them, and they must not push its own checkpoints out of the last ``keep``.

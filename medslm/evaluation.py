@@ -19,7 +19,7 @@ import copy
 import json
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +30,7 @@ from medslm.cli import UserError
 from medslm.config import ConfigError, load_saved_config
 from medslm.dataset import DataConfig, load_and_split
 from medslm.domains import DomainRules, load_rules
-from medslm.files import check_json_files, check_safetensors, json_line, writing
+from medslm.files import check_json_files, check_safetensors, json_line, write_text, writing
 from medslm.prompts import encode_prompt, fit_prompt, format_prompt
 from medslm.records import LETTERS, MCQItem
 from medslm.scoring import SCORERS
@@ -129,8 +129,11 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def load_for_eval(cfg: EvalConfig, run_cfg: Any = None) -> tuple[Any, Any, dict[str, Any]]:
-    """(model in eval mode, tokenizer, description) for ``--run`` (base + adapter) or ``--model``."""
+def load_for_eval(cfg: EvalConfig, run_cfg: Any = None, before_model: Callable[[Any], None] | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """(model in eval mode, tokenizer, description) for ``--run`` (base + adapter) or ``--model``.
+
+    ``before_model(tokenizer)`` runs once the tokenizer is loaded, before the model: checks that need
+    only the tokenizer (lengths) fail in seconds, not after minutes of loading a 4B model."""
     from medslm.console import interactive
     from medslm.modeling import ModelConfig, embedded_tokenizer_for, load_base_model
     from medslm.multimodal import adapter_load_kwargs, describe
@@ -161,6 +164,8 @@ def load_for_eval(cfg: EvalConfig, run_cfg: Any = None) -> tuple[Any, Any, dict[
         mcfg.attention = "sdpa"  # padded batches; the packed kernel is for training rows
     mcfg.validate()
     tokenizer = load_tokenizer(tok_src)
+    if before_model is not None:
+        before_model(tokenizer)
     model = load_base_model(mcfg, device, packed=False, progress=cfg.progress and interactive())
     vocab = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > vocab:
@@ -299,12 +304,6 @@ def fit_prompts(items: list[MCQItem], tokenizer: Any, scoring: str, max_seq_len:
     return kept, prompts, counts
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def default_out(cfg: EvalConfig) -> Path:
     if cfg.out:
         return Path(cfg.out)
@@ -342,13 +341,19 @@ def evaluate(cfg: EvalConfig, base_of: Any = None) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)  # a file or unwritable place fails before the model loads
     rules = load_rules(cfg.domain_rules)  # before the model loads: a bad rules file fails fast
     _warn_if_samples(cfg, run_cfg)
-    model, tokenizer, model_info = load_for_eval(cfg, run_cfg)
     data_cfg = run_cfg.data if run_cfg is not None else DataConfig()
-    items, prompts, overlong = fit_prompts(
-        items, tokenizer, cfg.scoring, cfg.max_seq_len or data_cfg.max_seq_len, cfg.overlong or data_cfg.overlong
-    )
-    if not items:
-        raise UserError(f"no items left to evaluate: all {overlong['dropped']} are longer than max_seq_len={overlong['max_seq_len']}")
+    fitted: list[Any] = []
+
+    def fit(tokenizer: Any) -> None:  # the length limit, before the model loads
+        kept, prompts, overlong = fit_prompts(
+            items, tokenizer, cfg.scoring, cfg.max_seq_len or data_cfg.max_seq_len, cfg.overlong or data_cfg.overlong
+        )
+        if not kept:
+            raise UserError(f"no items left to evaluate: all {overlong['dropped']} are longer than max_seq_len={overlong['max_seq_len']}")
+        fitted.extend([kept, prompts, overlong])
+
+    model, tokenizer, model_info = load_for_eval(cfg, run_cfg, before_model=fit)
+    items, prompts, overlong = fitted
     t0 = time.perf_counter()
     scores = SCORERS[cfg.scoring](model, tokenizer, items, cfg.batch_size, cfg.max_batch_tokens, cfg.progress, prompts=prompts)
     scoring_s = time.perf_counter() - t0
@@ -369,9 +374,8 @@ def evaluate(cfg: EvalConfig, base_of: Any = None) -> dict[str, Any]:
         "items_per_s": len(items) / scoring_s if scoring_s > 0 else None,
         "config": asdict(cfg),
     }
-    with writing(out):
-        _write_text(out / "predictions.jsonl", "".join(json_line(p) for p in preds))
-        _write_text(out / "eval.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_text(out / "predictions.jsonl", "".join(json_line(p) for p in preds))
+    write_text(out / "eval.json", json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     print(format_table(benchmarks))
     print(f"{len(items)} items, {cfg.scoring} scoring, {scoring_s:.1f}s; wrote {out / 'eval.json'}")
     if cfg.run:

@@ -51,6 +51,46 @@ def json_line(record: Any) -> str:
     return text.replace("\x85", "\\u0085").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029") + "\n"
 
 
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary sibling and a rename: a reader sees the old
+    file or the new one, never half of one; an OS error (disk full) names ``path``."""
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    with writing(p):
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(p)
+    return p
+
+
+def torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` whose failure on a full disk reads as one: torch's writer reports only "file
+    write failed" or "unexpected pos", so when it fails and the file system has less room left than
+    the tensors need, it is an ``OSError(ENOSPC)`` naming ``path``; other errors pass unchanged."""
+    import torch
+
+    p = Path(path)
+    try:
+        torch.save(obj, p)
+    except RuntimeError as exc:
+        needed = sum(t.numel() * t.element_size() for t in _tensors(obj))
+        if shutil.disk_usage(p.parent).free < max(needed, 16 << 20):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(p)) from exc
+        raise
+
+
+def _tensors(obj: Any) -> Iterator[Any]:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
 def read_json(path: str | Path, hint: str = "") -> Any:
     """The parsed file; invalid JSON (e.g. truncated) is one line naming the file and line."""
     p = Path(path)

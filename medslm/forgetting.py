@@ -27,6 +27,7 @@ import numpy as np
 
 from medslm.cli import UserError
 from medslm.config import ConfigError
+from medslm.files import read_json, write_text, writing
 from medslm.stats import MIN_BOOTSTRAP_RESAMPLES, compare_correctness
 
 ALL = "(all)"
@@ -77,13 +78,11 @@ def read_predictions(eval_dir: str | Path) -> dict[str, dict[str, Any]]:
 
 
 def _eval_meta(eval_dir: str | Path) -> dict[str, Any]:
-    path = Path(eval_dir) / "eval.json"
-    if not path.is_file():
+    p = Path(eval_dir)
+    path = (p if p.is_dir() else p.parent) / "eval.json"
+    if not path.is_file():  # predictions.jsonl alone: comparable, with less said about the model
         return {}
-    try:
-        ev = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return {}
+    ev = read_json(path, "rerun evaluate.py for that folder")  # truncated: named, never read as 'nothing known'
     model = ev.get("model") or {}
     return {k: v for k, v in {"model": model.get("name_or_path"), "adapter": model.get("adapter"), "scoring": ev.get("scoring"), "split": ev.get("split")}.items() if v is not None}
 
@@ -199,9 +198,10 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
         result["warning"] = f"the evals used different scoring methods: {sorted(scorings)}"
     markdown = format_markdown(result)
     out = Path(cfg.out) if cfg.out else default_compare_out(base_name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    out.with_suffix(".md").write_text(markdown + "\n", encoding="utf-8")
+    with writing(out.parent):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    write_text(out, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_text(out.with_suffix(".md"), markdown + "\n")
     print(markdown)
     if "warning" in result:
         print(f"warning: {result['warning']}")

@@ -187,7 +187,7 @@ def _cli(argv: list[str], capsys) -> tuple[int, str]:
 def test_run_dir_without_adapter_or_config(tmp_path, capsys):
     code, err = _cli(["--run", str(tmp_path)], capsys)
     assert code == 2 and "config.yaml" in err and len(err.splitlines()) == 1
-    (tmp_path / "config.yaml").write_text("model:\n  name_or_path: embedded\n")
+    (tmp_path / "config.yaml").write_text("model:\n  name_or_path: embedded\n# end of medslm config\n")
     code, err = _cli(["--run", str(tmp_path)], capsys)
     assert code == 2 and "adapter" in err and len(err.splitlines()) == 1
 
@@ -274,8 +274,15 @@ def test_evaluate_applies_the_training_length_limit_and_overlong_policy(tmp_path
 
     f = _with_long_item(tmp_path, 1500)  # ~4500 tokens: over the default max_seq_len of 2048
     base = dict(model="embedded", quantization="none", medqa=[str(f)], progress=False)
-    with pytest.raises(OverlongError, match=r"test.jsonl:line 3: item '.*' is \d+ tokens, over max_seq_len=2048"):
-        evaluate(EvalConfig(**base, out=str(tmp_path / "e")))
+    from medslm import modeling
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the length check")
+
+    with monkeypatch.context() as m:  # refused in seconds, before a model loads
+        m.setattr(modeling, "load_base_model", no_model)
+        with pytest.raises(OverlongError, match=r"test.jsonl:line 3: item '.*' is \d+ tokens, over max_seq_len=2048"):
+            evaluate(EvalConfig(**base, out=str(tmp_path / "e")))
     widths: list[int] = []
     real = scoring.forward_at
 

@@ -70,7 +70,7 @@ def fake_run(tmp_path) -> Path:
     run = tmp_path / "run"
     adapter = run / "adapter"
     shutil.copytree(EMBEDDED_TOKENIZER_DIR, adapter)
-    (run / "config.yaml").write_text("model:\n  name_or_path: embedded\n  quantization: none\n")
+    (run / "config.yaml").write_text("model:\n  name_or_path: embedded\n  quantization: none\n# end of medslm config\n")
     (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}))
     save_file({"w": torch.zeros(64, 64)}, str(adapter / "adapter_model.safetensors"))
     return run
@@ -113,12 +113,43 @@ def test_evaluate_out_that_is_a_file_or_a_full_disk(tmp_path, capsys, monkeypatc
     assert err == f"error: {tmp_path / 'file' / 'ev'}: not a directory" and not loaded  # before the model loads
     monkeypatch.undo()
 
-    def full(path, text):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    real_write = Path.write_text
 
-    monkeypatch.setattr(evaluation, "_write_text", full)
+    def full(self, *a, **k):  # write() on a full disk: an OSError that names no file
+        if self.name.endswith(".tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full)
     err = _exit_line(lambda: entry.main(entry.parse_args([*argv, str(tmp_path / "ev")])), capsys)
-    assert err == f"error: {tmp_path / 'ev'}: no space left on device"
+    assert err == f"error: {tmp_path / 'ev' / 'predictions.jsonl'}: no space left on device"
+    assert not (tmp_path / "ev" / "predictions.jsonl").exists()
+
+
+def test_compare_names_a_truncated_eval_json_and_a_full_disk(tmp_path, capsys, monkeypatch):
+    import evaluate as entry
+
+    for name in ("a", "b"):
+        ev = tmp_path / name
+        ev.mkdir()
+        preds = [{"id": f"q{i}", "benchmark": "medqa", "subject": "step1", "gold": "A", "pred": "A", "correct": i % 2 == 0} for i in range(6)]
+        (ev / "predictions.jsonl").write_text("".join(json_line(p) for p in preds))
+        (ev / "eval.json").write_text(json.dumps({"model": {"name_or_path": "m"}, "scoring": "letter", "split": "test"}))
+    argv = ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--resamples", "2000"]
+    _truncate(tmp_path / "b" / "eval.json")  # read as 'nothing known' before: the metadata silently gone
+    err = _exit_line(lambda: entry.main(entry.parse_args(argv)), capsys)
+    assert err.startswith(f"error: {tmp_path / 'b' / 'eval.json'}: not valid JSON")
+    (tmp_path / "b" / "eval.json").write_text(json.dumps({"model": {"name_or_path": "m"}}))
+    real_write = Path.write_text
+
+    def full(self, *a, **k):
+        if self.name.endswith(".tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    err = _exit_line(lambda: entry.main(entry.parse_args(argv)), capsys)
+    assert err == f"error: {tmp_path / 'a' / 'compare.json'}: no space left on device"
 
 
 def test_train_disk_full_names_the_output_folder(tmp_path, capsys, monkeypatch):
@@ -151,3 +182,26 @@ def test_a_truncated_packed_dataset_is_named(tmp_path):
         from medslm.dataset import load_packed_rows
 
         load_packed_rows(load.path / "val")
+
+
+def test_a_checkpoint_state_written_on_a_full_disk_says_so(tmp_path, capsys, monkeypatch):
+    """torch.save on a full disk raises 'file write failed' / 'unexpected pos' (not why): a failed
+    state.pt on a file system with no room left is the one disk-full line naming the file."""
+    import collections
+
+    import torch
+
+    from medslm import checkpoint, files
+
+    def failing_save(obj, f, *a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    usage = collections.namedtuple("usage", "total used free")
+    save = lambda: checkpoint.save_checkpoint(tmp_path / "run", 3, {"w": torch.zeros(4)}, {"step": 3}, "train: {}\n", keep=2)  # noqa: E731
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: usage(1 << 30, 1 << 30, 0))
+    err = _exit_line(save, capsys)
+    assert err.startswith("error: ") and err.endswith("/state.pt: no space left on device") and str(tmp_path / "run") in err
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: usage(1 << 40, 0, 1 << 40))
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # room left: torch's own error, unchanged
+        save()
