@@ -205,19 +205,35 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+# The last line of every saved config: a file cut at a line boundary is still valid YAML, and
+# would otherwise load with defaults for every key it lost.
+END_MARKER = "# end of medslm config"
+
+
 def save_config(cfg: Any, path: str | Path) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
-    tmp.replace(p)
-    return p
+    from medslm.files import write_text
+
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+    return write_text(Path(path), text + END_MARKER + "\n")
 
 
 def load_saved_config(cls: type[T], path: str | Path) -> T:
-    """Read back a config written by :func:`save_config` (same validation as a YAML file)."""
+    """Read back a config written by :func:`save_config` (same validation as a YAML file).
+
+    A file without its end line that also lacks keys is refused (truncated): its missing keys would
+    silently take today's defaults. One with every key but no end line (hand-written, or saved by
+    an older medslm) loads."""
     cfg = cls()
-    apply_mapping(cfg, load_yaml(path), str(path))
+    tree = load_yaml(path)
+    apply_mapping(cfg, tree, str(path))
+    if END_MARKER not in Path(path).read_text(encoding="utf-8").splitlines():
+        missing = sorted(set(k for k, _ in _flatten(to_dict(cfg))) - set(k for k, _ in _flatten(tree)))
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise ConfigError(
+                f"{path}: truncated? it has no '{END_MARKER}' line and lacks {', '.join(missing[:3])}{more}, "
+                "which would take defaults; restore the file (checkpoints/step-*/config.yaml holds a copy)"
+            )
     return cfg
 
 

@@ -81,6 +81,17 @@ def test_saved_config_round_trips(tmp_path):
     assert load_saved_config(TrainConfig, tmp_path / "c.yaml") == cfg
 
 
+def test_a_saved_config_cut_at_a_line_boundary_is_refused_not_filled_with_defaults(tmp_path):
+    """Still valid YAML after the cut: without the end line, the keys it lost would be defaults."""
+    cfg = parse_config(TrainConfig, ["--data.ratio=10:3", "--train.lr=1e-3"])
+    lines = save_config(cfg, tmp_path / "c.yaml").read_text().splitlines(keepends=True)
+    (tmp_path / "cut.yaml").write_text("".join(lines[: len(lines) // 2]))
+    with pytest.raises(ConfigError, match=r"cut.yaml: truncated\? it has no '# end of medslm config' line and lacks .*, which would take defaults"):
+        load_saved_config(TrainConfig, tmp_path / "cut.yaml")
+    (tmp_path / "whole.yaml").write_text("".join(lines[:-1]))  # every key, no end line (an older medslm): loads
+    assert load_saved_config(TrainConfig, tmp_path / "whole.yaml") == cfg
+
+
 def test_parse_ratio():
     assert parse_ratio("10:3") == (10, 3) and parse_ratio("0:1") == (0, 1)
     for bad in ("0:0", "a:b", "1:2:3", "1.5:2"):

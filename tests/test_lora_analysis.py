@@ -143,7 +143,7 @@ def test_cli_errors(tmp_path, capsys):
     from medslm.cli import run_cli
 
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "config.yaml").write_text("model:\n  name_or_path: embedded\n")
+    (tmp_path / "run" / "config.yaml").write_text("model:\n  name_or_path: embedded\n# end of medslm config\n")
     with pytest.raises(SystemExit) as exc:
         run_cli(lambda: entry.main(entry.parse_args(["lora-activations", "--run", str(tmp_path / "run")])))
     assert exc.value.code == 2
