@@ -23,8 +23,10 @@ checkpointing (non-reentrant), bf16 on a GPU (fp32 on a CPU), AdamW 2e-4.
 - ``--profile`` configurations are profiled (torch.profiler) over two extra steps at the end, not
   counted in tokens/s: the shares of device time (CPU time on a CPU) in matmul, attention, NF4
   dequantisation and elementwise/other kernels, and the top kernels, go to ``profile_<name>.json``.
-- Loss parity: configurations in ``--parity`` run ``--parity-steps`` steps; their per-step losses
-  are compared with ``eager``'s (max relative difference).
+- Loss parity: configurations in ``--parity`` run ``--parity-steps`` steps (all the same number,
+  profiled or not: the step count sets the cosine schedule); their per-step losses are compared
+  with ``eager``'s, or ``eager_d0``'s for a dropout-free configuration when it ran (max relative
+  difference). ``eager_again`` (eager twice) gives the floor: how far two runs of one path drift.
 
 Ends with one JSON line: medslm_tokens_per_s (the ``--headline`` configuration), trl_tokens_per_s,
 speedup_vs_trl, medslm_peak_gb, trl_peak_gb, the matmul / elementwise shares, and every
@@ -54,6 +56,11 @@ SHAPES = {
 # each lever alone, then together; "fast" is what a user gets with model.compile=true on a GPU
 CONFIGS: dict[str, dict] = {
     "eager": dict(compile=False, fused_kernels="none", lora_forward="peft"),
+    # the eager path again, same seeds: how far two runs of the same path drift (bf16 kernels are
+    # not bit-reproducible), the floor any parity figure below is read against
+    "eager_again": dict(compile=False, fused_kernels="none", lora_forward="peft"),
+    # without dropout: the fast path's arithmetic against eager's with no random masks in either
+    "eager_d0": dict(compile=False, fused_kernels="none", lora_forward="peft", dropout=0.0),
     "compile": dict(compile=True, fused_kernels="none", lora_forward="peft"),
     "liger": dict(compile=False, fused_kernels="liger", lora_forward="peft"),
     "lora": dict(compile=False, fused_kernels="none", lora_forward="fused"),
@@ -391,10 +398,14 @@ def summarise(results: dict, a: argparse.Namespace, meta: dict) -> dict:
         par = {}
         for name in a.parity.split(","):
             r = ok.get(name)
-            if r and name != "eager":
-                n = min(len(r["losses"]), len(base["losses"]))
-                rel = [abs(x - y) / abs(y) for x, y in zip(r["losses"][:n], base["losses"][:n])]
-                par[name] = {"steps": n, "max_rel_loss_diff": max(rel) if rel else None}
+            # a dropout-free configuration is compared with eager without dropout, when that ran
+            ref_name = "eager_d0" if CONFIGS.get(name, {}).get("dropout") == 0.0 and ok.get("eager_d0") else "eager"
+            ref = ok[ref_name] if ref_name != "eager" else base
+            if r and name not in ("eager", ref_name):
+                n = min(len(r["losses"]), len(ref["losses"]))
+                rel = [abs(x - y) / abs(y) for x, y in zip(r["losses"][:n], ref["losses"][:n])]
+                par[name] = {"against": ref_name, "steps": n, "max_rel_loss_diff": max(rel) if rel else None,
+                             "max_rel_loss_diff_first_12": max(rel[:12]) if rel else None}
         out["loss_parity_vs_eager"] = par
     cfgs = {}
     for name, r in results.items():
@@ -458,6 +469,7 @@ def main() -> None:
             print(f"model folder {a.shape}: {time.perf_counter() - t0:.1f} s", flush=True)
         results: dict = {}
         parity = set(a.parity.split(","))
+        profiled = {n for n in a.profile.split(",") if n not in PEERS}
         for name in names:
             needs_liger = name in PEERS[1:] or CONFIGS.get(name, {}).get("fused_kernels") == "liger"
             if needs_liger and not cuda:
@@ -465,9 +477,14 @@ def main() -> None:
                 print(f"{name}: skipped (Liger needs CUDA)", flush=True)
                 continue
             profile = name in a.profile.split(",") and name not in PEERS
-            steps = a.parity_steps if name in parity else a.steps
+            if name in parity:
+                # the same step count for every parity run: max_steps sets the cosine schedule, so a
+                # run with two extra profiled steps would take other learning rates from step 1 on
+                steps = a.parity_steps + (2 if any(n in profiled for n in names if n in parity) else 0)
+            else:
+                steps = a.steps + (2 if profile else 0)
             spec = {
-                "name": name, "micro_batch": micro_batch, "seq_len": seq_len, "model_dir": model_dir, "steps": steps + (2 if profile else 0), "skip": a.skip,
+                "name": name, "micro_batch": micro_batch, "seq_len": seq_len, "model_dir": model_dir, "steps": steps, "skip": a.skip,
                 "profile": profile, "dtype": "bfloat16" if cuda else "float32", "work": str(Path(tmp) / name),
             }
             r = run_child(name, spec, out_dir, a.timeout)

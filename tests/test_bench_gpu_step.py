@@ -34,6 +34,9 @@ def test_gpu_step_bench_runs_medslm_and_trl_on_the_same_items(tmp_path):
     assert cfgs["eager"]["tokens_per_step"] > 0.9 * 2 * 512
     # the fused LoRA forward inside the real trainer is PEFT's function: same losses on CPU fp32
     assert out["loss_parity_vs_eager"]["lora"]["max_rel_loss_diff"] < 1e-6
+    # parity runs take the same number of steps, profiled or not (the step count sets the schedule)
+    runs = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert runs["eager"]["steps"] == runs["lora"]["steps"] == 3 + 2
     prof = json.loads((tmp_path / "out" / "profile_lora.json").read_text())
     assert sum(prof["shares"].values()) == pytest.approx(1.0, abs=1e-3)
     assert 0 < out["matmul_share"] < 1 and out["matmul_share"] == prof["shares"]["matmul"]
