@@ -213,8 +213,10 @@ END_MARKER = "# end of medslm config"
 def save_config(cfg: Any, path: str | Path) -> Path:
     from medslm.files import write_text
 
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
-    return write_text(Path(path), text + END_MARKER + "\n")
+    return write_text(p, text + END_MARKER + "\n")
 
 
 def load_saved_config(cls: type[T], path: str | Path) -> T:

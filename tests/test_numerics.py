@@ -14,7 +14,7 @@ import torch
 from medslm.config import ConfigError, parse_config
 from medslm.metrics import MetricsLogger
 from medslm.numerics import NonFiniteError
-from medslm.train_config import TrainConfig
+from medslm.train_config import TrainConfig, TrainSection
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = [
@@ -81,13 +81,16 @@ def test_metrics_jsonl_is_strict_json(tmp_path):
     assert rec == {"step": 1, "kind": "train", "loss": None, "grad_norm": None, "lr": 1e-3}
 
 
-def test_a_diverging_run_stops_at_the_first_non_finite_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    """lr=1e30 is a finite number: step 1 trains, step 2's loss is nan. Today's code trained on to
-    an all-NaN adapter with exit 0."""
+def test_a_diverging_run_stops_at_the_first_non_finite_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """lr=1e30 (set past the config's (0, 1] check, which refuses it up front) stands for any run
+    that diverges: step 1 trains, step 2's loss is nan. Before the guard it trained on to an
+    all-NaN adapter with exit 0."""
     from medslm.trainer import train
 
     out = tmp_path / "run"
-    cfg = parse_config(TrainConfig, [*FAST, f"--train.output_dir={out}", "--train.lr=1e30", "--train.max_steps=4", "--train.save_every=1"])
+    cfg = parse_config(TrainConfig, [*FAST, f"--train.output_dir={out}", "--train.max_steps=4", "--train.save_every=1"])
+    cfg.train.lr = 1e30
+    monkeypatch.setattr(TrainSection, "validate", lambda self: None)
     with pytest.raises(NonFiniteError, match=r"^step 2: the loss is nan .*the last checkpoint, .*step-00000001, is kept"):
         train(cfg)
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000001"]
