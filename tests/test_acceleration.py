@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from conftest import assert_packed_grads_equal_per_example
 from medslm import acceleration, lora_fast
 from medslm.config import ConfigError
 from medslm.modeling import LoraConfigSection, ModelConfig, apply_lora, decoder_layers, load_base_model
@@ -89,20 +90,7 @@ def test_packed_gradients_equal_per_example_gradients_on_the_fast_path():
     """Packed == each example alone, through the lean LoRA forward and compiled layers (aot_eager:
     the captured graphs, with the inductor numerics checked above)."""
     exs = _examples([11, 25, 6])
-    packed = _lora_model("embedded", dropout=0.0, fast=True, compiled=True, backend="aot_eager")
-    loss, _ = batch_loss_sum(packed, PackedCollator(64, 0)([exs]), True, CPU)
-    loss.backward()
-    alone = _lora_model("embedded", dropout=0.0, fast=True, compiled=True, backend="aot_eager")
-    for ex in exs:
-        part, _ = batch_loss_sum(alone, PackedCollator(len(ex["input_ids"]), 0)([[ex]]), True, CPU)
-        part.backward()
-    ga = {n: p.grad for n, p in packed.named_parameters() if p.requires_grad}
-    gb = {n: p.grad for n, p in alone.named_parameters() if p.requires_grad}
-    assert ga.keys() == gb.keys() and ga
-    for k in ga:
-        # fp32 summation noise scales with the gradient (the embedded head, std 1/sqrt(hidden), gives
-        # gradients up to ~5): atol is 1e-6 of the largest entry, at least 1e-6
-        torch.testing.assert_close(ga[k], gb[k], rtol=1e-4, atol=1e-6 * max(1.0, float(ga[k].abs().max())))
+    assert_packed_grads_equal_per_example(lambda: _lora_model("embedded", dropout=0.0, fast=True, compiled=True, backend="aot_eager"), exs)
 
 
 class _Ops(TorchDispatchMode):

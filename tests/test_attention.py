@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import assert_packed_grads_equal_per_example
 from medslm.modeling import ModelConfig, load_base_model
 from medslm.packing import PackedCollator
 from medslm.trainer import batch_loss_sum
@@ -78,17 +79,4 @@ def test_packed_gradients_equal_the_sum_of_per_example_gradients():
         return m.train()
 
     exs = _examples([11, 25, 6])
-    packed = lora_model("packed")
-    loss, _ = batch_loss_sum(packed, PackedCollator(64, 0)([exs]), True, CPU)
-    loss.backward()
-    alone = lora_model("packed")
-    for ex in exs:
-        part, _ = batch_loss_sum(alone, PackedCollator(len(ex["input_ids"]), 0)([[ex]]), True, CPU)
-        part.backward()
-    ga = {n: p.grad for n, p in packed.named_parameters() if p.requires_grad}
-    gb = {n: p.grad for n, p in alone.named_parameters() if p.requires_grad}
-    assert ga.keys() == gb.keys() and ga
-    for k in ga:
-        # fp32 summation noise scales with the gradient (the embedded head, std 1/sqrt(hidden), gives
-        # gradients up to ~5): atol is 1e-6 of the largest entry, at least 1e-6
-        torch.testing.assert_close(ga[k], gb[k], rtol=1e-4, atol=1e-6 * max(1.0, float(ga[k].abs().max())))
+    assert_packed_grads_equal_per_example(lambda: lora_model("packed"), exs)
