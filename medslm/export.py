@@ -240,18 +240,14 @@ def _read_json(path: Path) -> Any:
 
 
 def _losses(run: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    from medslm.metrics import read_records
+
     last_train = last_val = None
-    f = run / "metrics.jsonl"
-    if f.is_file():
-        for line in f.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if rec.get("kind") == "train":
-                last_train = rec
-            elif rec.get("kind") == "val":
-                last_val = rec
+    for rec in read_records(run):
+        if rec.get("kind") == "train":
+            last_train = rec
+        elif rec.get("kind") == "val":
+            last_val = rec
     return last_train, last_val
 
 

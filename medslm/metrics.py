@@ -116,17 +116,24 @@ def _nvml_handle(device: torch.device) -> Any:
         return None
 
 
+def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of ``run_dir/metrics.jsonl`` in order ([] when there is none); a line cut short
+    by a kill is left out."""
+    path = Path(run_dir) / "metrics.jsonl"
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
+
+
 def last_logged_step(run_dir: str | Path) -> int:
     """The highest step in ``run_dir/metrics.jsonl`` (0 when there is none)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    step = 0
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                step = max(step, int(json.loads(line).get("step", 0)))
-            except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
-                continue
-    return step
+    return max((r["step"] for r in read_records(run_dir) if isinstance(r.get("step"), int)), default=0)
 
 
 def log_eval_accuracy(run_dir: str | Path, benchmarks: dict[str, Any], split: str) -> list[str]:

@@ -199,7 +199,9 @@ def train_row(cfg: ReproduceConfig, row: Row, out: Path, eval_key: dict[str, Any
         T.write_trial(run_dir, doc)
     ev = evaluate(EvalConfig(run=str(run_dir), out=str(run_dir / "eval"), progress=False))["eval"]
     m = T.measured(run_dir)
-    last_epoch = max((r.get("epoch", 0.0) for r in _metric_records(run_dir)), default=0.0)
+    from medslm.metrics import read_records
+
+    last_epoch = max((r.get("epoch", 0.0) for r in read_records(run_dir) if r.get("kind") == "train"), default=0.0)
     metrics = {
         "acc_medqa": ev["benchmarks"].get("medqa", {}).get("accuracy"),
         "acc_kormedmcqa": ev["benchmarks"].get("kormedmcqa", {}).get("accuracy"),
@@ -211,19 +213,6 @@ def train_row(cfg: ReproduceConfig, row: Row, out: Path, eval_key: dict[str, Any
     doc = {**doc, "stage": "done", "metrics": metrics, "finished": T.now_iso()}
     T.write_trial(run_dir, doc)
     return doc
-
-
-def _metric_records(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if rec.get("kind") == "train":
-            out.append(rec)
-    return out
 
 
 def sweep_step(cfg: ReproduceConfig, out: Path) -> list[dict[str, Any]]:

@@ -121,16 +121,9 @@ def measured(run_dir: str | Path) -> dict[str, Any]:
     After a resume the file holds each step once (the trainer drops records past the checkpoint);
     a step logged twice counts once. ``tokens_trained`` and ``train_minutes`` are None unless every
     step was logged (``train.log_every`` 1)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    steps: dict[int, dict[str, Any]] = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if rec.get("kind", "train") == "train" and isinstance(rec.get("step"), int):
-                steps[rec["step"]] = rec
+    from medslm.metrics import read_records
+
+    steps = {r["step"]: r for r in read_records(run_dir) if r.get("kind", "train") == "train" and isinstance(r.get("step"), int)}
     last = max(steps, default=0)
     complete = bool(steps) and len(steps) == last
     peaks = [r["peak_mem_gb"] for r in steps.values() if isinstance(r.get("peak_mem_gb"), (int, float))]
