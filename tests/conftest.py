@@ -96,3 +96,15 @@ def assert_packed_grads_equal_per_example(make_model, examples: list[dict]) -> N
         # fp32 summation noise scales with the gradient (the embedded head, std 1/sqrt(hidden), gives
         # gradients up to ~5): atol is 1e-6 of the largest entry, at least 1e-6
         torch.testing.assert_close(ga[k], gb[k], rtol=1e-4, atol=1e-6 * max(1.0, float(ga[k].abs().max())))
+
+
+def markdown_table(md: str, header_start: str) -> list[list[str]]:
+    """The Markdown table whose header line starts with ``header_start``: [header cells, *row cells]."""
+    lines = md.splitlines()
+    i = next(k for k, ln in enumerate(lines) if ln.startswith(header_start))
+    rows = [[c.strip() for c in lines[i].strip("|").split("|")]]
+    for ln in lines[i + 2 :]:
+        if not ln.startswith("|"):
+            break
+        rows.append([c.strip() for c in ln.strip("|").split("|")])
+    return rows

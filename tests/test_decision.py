@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from conftest import markdown_table
 from medslm import trials as T
 from medslm.config import ConfigError
 from medslm.forgetting import compare_predictions, read_predictions
@@ -204,17 +205,6 @@ def test_pareto_front():
 # ---------------------------------------------------------------------------------------------
 
 
-def _table(md: str, header_start: str) -> list[list[str]]:
-    lines = md.splitlines()
-    i = next(k for k, ln in enumerate(lines) if ln.startswith(header_start))
-    rows = []
-    for ln in lines[i + 2 :]:
-        if not ln.startswith("|"):
-            break
-        rows.append([c.strip() for c in ln.strip("|").split("|")])
-    return [[c.strip() for c in lines[i].strip("|").split("|")], *rows]
-
-
 def _pct(acc: dict) -> str:
     lo, hi = acc["ci95"]
     return f"{100 * acc['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
@@ -242,7 +232,7 @@ def test_ratio_sweep_crash_retry_rerun_and_decision_report(tmp_path, monkeypatch
     assert "Embedded default: mechanics only" in md
     evals = {lab: json.loads((out / d / "eval" / "eval.json").read_text(encoding="utf-8"))
              for lab, d in (("base model (no training)", "base"), ("5:5", "ratio-5-5"), ("10:3", "ratio-10-3"))}
-    acc = _table(md, "| ratio | status |")
+    acc = markdown_table(md, "| ratio | status |")
     assert [row[0] for row in acc[1:]] == list(evals)
     for row in acc[1:]:
         ev = evals[row[0]]
@@ -250,7 +240,7 @@ def test_ratio_sweep_crash_retry_rerun_and_decision_report(tmp_path, monkeypatch
         if row[0] != "base model (no training)":
             doc = T.read_trial(out / f"ratio-{row[0].replace(':', '-')}")
             assert row[4] == f"{doc['metrics']['tokens_trained']:,}" and row[6] == f"{doc['metrics']['peak_mem_gb']:.2f}"
-    ko = _table(md, "| ratio | dentist")
+    ko = markdown_table(md, "| ratio | dentist")
     law_col = next(k for k, h in enumerate(ko[0]) if h.startswith("~medical_law"))
     for row in ko[1:]:
         ev = evals["base model (no training)" if row[0] == "base model" else row[0]]["benchmarks"]["kormedmcqa"]
@@ -258,7 +248,7 @@ def test_ratio_sweep_crash_retry_rerun_and_decision_report(tmp_path, monkeypatch
         assert row[1] == _pct(ev["subjects"]["dentist"])
     # forgetting: the deltas are compare's numbers on the predictions files
     base_preds = read_predictions(out / "base" / "eval")
-    forg = _table(md, "| ratio | (all) | dentist")
+    forg = markdown_table(md, "| ratio | (all) | dentist")
     for row in forg[1:]:
         rows = compare_predictions(base_preds, read_predictions(out / f"ratio-{row[0].replace(':', '-')}" / "eval"))
         overall = next(r for r in rows if r["benchmark"] == "kormedmcqa" and r["subject"] == "(all)" and r["domain"] == "(all)")
@@ -275,7 +265,7 @@ def test_ratio_sweep_crash_retry_rerun_and_decision_report(tmp_path, monkeypatch
     for use in rec["uses"].values():
         assert use["statement"] and set(use["indistinguishable"]) <= {"5:5", "10:3"}
         assert (use["winner"] is None) == (len(use["indistinguishable"]) > 1)
-    rec_rows = _table(md, "| use |")
+    rec_rows = markdown_table(md, "| use |")
     assert len(rec_rows) == 4 and all(row[2] in ("5:5", "10:3") for row in rec_rows[1:])
     png = (out / "tradeoff.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

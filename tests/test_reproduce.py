@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import markdown_table
 from medslm import reproduce as R
 from medslm.config import ConfigError
 
@@ -41,17 +42,6 @@ def test_options_and_the_launch_script(tmp_path):
     assert res.returncode == 0 and "--smoke" in res.stdout and "REPORT.md" in res.stdout
 
 
-def _table(md: str, header_start: str) -> list[list[str]]:
-    lines = md.splitlines()
-    i = next(k for k, ln in enumerate(lines) if ln.startswith(header_start))
-    rows = []
-    for ln in lines[i + 2 :]:
-        if not ln.startswith("|"):
-            break
-        rows.append([c.strip() for c in ln.strip("|").split("|")])
-    return rows
-
-
 def _metrics(run: Path) -> list[dict]:
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     return [r for r in recs if r["kind"] == "train"]
@@ -68,14 +58,14 @@ def test_smoke_chain_fills_every_section_from_measured_files(tmp_path, ray_sessi
 
     # pack report = pack/packing_report.json
     pack = json.loads((out / "pack" / "packing_report.json").read_text(encoding="utf-8"))
-    (row,) = _table(md, "| mix | samples")
+    (row,) = markdown_table(md, "| mix | samples")[1:]
     assert row == [pack["ratio"], str(pack["num_samples"]), str(pack["num_rows"]), f"{pack['packing_efficiency']:.4f}",
                    f"{pack['padding_fraction_unpacked']:.4f}", str(pack["global_batch_rows"]),
                    str(pack["steps_per_epoch_unpacked"]), str(pack["steps_per_epoch_packed"])]
 
     # table 5 and 6 = each row's eval.json and metrics.jsonl
-    t5 = _table(md, "| row | MedQA ours")
-    t6 = _table(md, "| row | peak mem GB")
+    t5 = markdown_table(md, "| row | MedQA ours")[1:]
+    t6 = markdown_table(md, "| row | peak mem GB")[1:]
     per_epoch = {}
     for r5, r6, row in zip(t5, t6, R.ROWS):
         run = out / "table5" / row.name
@@ -93,19 +83,19 @@ def test_smoke_chain_fills_every_section_from_measured_files(tmp_path, ray_sessi
     assert yaml.safe_load((out / "table5" / "qlora" / "config.yaml").read_text())["data"]["packing"] is False
 
     # table 7 = the sweep's 5:5 and 10:3 eval.json
-    for r in _table(md, "| mix | MedQA ours"):
+    for r in markdown_table(md, "| mix | MedQA ours")[1:]:
         ev = json.loads((out / "sweep" / f"ratio-{r[0].replace(':', '-')}" / "eval" / "eval.json").read_text(encoding="utf-8"))["benchmarks"]
         assert r[1] == f"{100 * ev['medqa']['accuracy']:.2f}" and r[3] == f"{100 * ev['kormedmcqa']['accuracy']:.2f}"
         assert r[2] == f"{paper['table7'][r[0]]['medqa']:.2f}"
     assert (out / "sweep" / "report.md").is_file() and (out / "sweep" / "tradeoff.png").is_file()
     rec = json.loads((out / "sweep" / "recommendation.json").read_text(encoding="utf-8"))
-    for r, use in zip(_table(md, "| use | best"), rec["uses"].values()):
+    for r, use in zip(markdown_table(md, "| use | best")[1:], rec["uses"].values()):
         assert r[0] == use["title"] and r[1] == use["best"]
 
     # fig 2 = fig2/lora_activations.json
     fig = json.loads((out / "fig2" / "lora_activations.json").read_text(encoding="utf-8"))
     assert fig["model"]["run"] == str(out / "sweep" / "ratio-5-5")
-    for r in _table(md, "| layer | English"):
+    for r in markdown_table(md, "| layer | English")[1:]:
         layer = int(r[0])
         assert r[1] == f"{fig['groups']['en']['per_layer'][layer]:.4g}" and r[2] == f"{fig['groups']['ko']['per_layer'][layer]:.4g}"
     assert (out / "fig2" / "lora_activations.png").is_file()
