@@ -52,12 +52,16 @@ def json_line(record: Any) -> str:
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary sibling and a rename: a reader sees the old
-    file or the new one, never half of one; an OS error (disk full) names ``path``."""
+    """Write ``text`` to ``path`` through a flushed temporary sibling and a rename: a reader (or a
+    machine that lost power) sees the old file or the new one, never half of one; an OS error (disk
+    full) names ``path``."""
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp")
     with writing(p):
-        tmp.write_text(text, encoding="utf-8")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         tmp.replace(p)
     return p
 

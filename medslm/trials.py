@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from medslm.config import ConfigError, to_dict
+from medslm.files import write_text
 
 TRIAL_FILE = "trial.json"
 # keys that may differ between the run that made a trial and a rerun: they change no result
@@ -79,13 +79,7 @@ def read_trial(run_dir: str | Path) -> dict[str, Any] | None:
 def write_trial(run_dir: str | Path, doc: dict[str, Any]) -> Path:
     path = Path(run_dir) / TRIAL_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    return path
+    return write_text(path, json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def now_iso() -> str:

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import medqa_row, write_jsonl
 from medslm.cli import UserError, run_cli
+from medslm import files
 from medslm.files import json_line, writing
 
 
@@ -21,6 +22,11 @@ def _exit_line(fn, capsys) -> str:
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert exc.value.code == 2 and len(errors) == 1 and err.endswith(errors[0]) and "Traceback" not in err, err
     return errors[0]  # (progress bars of model loading may precede it on stderr)
+
+
+def _disk_full(*args):
+    """What a write or flush on a full disk raises: an OSError that names no file."""
+    raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def _raise(exc: BaseException):
@@ -113,14 +119,7 @@ def test_evaluate_out_that_is_a_file_or_a_full_disk(tmp_path, capsys, monkeypatc
     assert err == f"error: {tmp_path / 'file' / 'ev'}: not a directory" and not loaded  # before the model loads
     monkeypatch.undo()
 
-    real_write = Path.write_text
-
-    def full(self, *a, **k):  # write() on a full disk: an OSError that names no file
-        if self.name.endswith(".tmp"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(self, *a, **k)
-
-    monkeypatch.setattr(Path, "write_text", full)
+    monkeypatch.setattr(files.os, "fsync", _disk_full)  # the flush of a published file meets a full disk
     err = _exit_line(lambda: entry.main(entry.parse_args([*argv, str(tmp_path / "ev")])), capsys)
     assert err == f"error: {tmp_path / 'ev' / 'predictions.jsonl'}: no space left on device"
     assert not (tmp_path / "ev" / "predictions.jsonl").exists()
@@ -140,14 +139,7 @@ def test_compare_names_a_truncated_eval_json_and_a_full_disk(tmp_path, capsys, m
     err = _exit_line(lambda: entry.main(entry.parse_args(argv)), capsys)
     assert err.startswith(f"error: {tmp_path / 'b' / 'eval.json'}: not valid JSON")
     (tmp_path / "b" / "eval.json").write_text(json.dumps({"model": {"name_or_path": "m"}}))
-    real_write = Path.write_text
-
-    def full(self, *a, **k):
-        if self.name.endswith(".tmp"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(self, *a, **k)
-
-    monkeypatch.setattr(Path, "write_text", full)
+    monkeypatch.setattr(files.os, "fsync", _disk_full)  # the flush of a published file meets a full disk
     err = _exit_line(lambda: entry.main(entry.parse_args(argv)), capsys)
     assert err == f"error: {tmp_path / 'a' / 'compare.json'}: no space left on device"
 
@@ -191,7 +183,7 @@ def test_a_checkpoint_state_written_on_a_full_disk_says_so(tmp_path, capsys, mon
 
     import torch
 
-    from medslm import checkpoint, files
+    from medslm import checkpoint
 
     def failing_save(obj, f, *a, **k):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
