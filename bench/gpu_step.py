@@ -400,7 +400,7 @@ def summarise(results: dict, a: argparse.Namespace, meta: dict) -> dict:
             r = ok.get(name)
             # a dropout-free configuration is compared with eager without dropout, when that ran
             ref_name = "eager_d0" if CONFIGS.get(name, {}).get("dropout") == 0.0 and ok.get("eager_d0") else "eager"
-            ref = ok[ref_name] if ref_name != "eager" else base
+            ref = ok[ref_name]
             if r and name not in ("eager", ref_name):
                 n = min(len(r["losses"]), len(ref["losses"]))
                 rel = [abs(x - y) / abs(y) for x, y in zip(r["losses"][:n], ref["losses"][:n])]
