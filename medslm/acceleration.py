@@ -11,6 +11,12 @@ Three switches in the ``model`` section, each measured on its own in ``bench/gpu
   safe. bitsandbytes' NF4 matmul and PEFT's LoRA layers are traced through (bitsandbytes registers
   its kernels as torch custom ops). ``compile_report()`` counts graphs and graph breaks. Measured
   at MedGemma 4B's shape on CUDA: 4 graphs for 34 layers, no graph break (BENCHMARKS.md).
+  ``model.compile_rng``: ``eager`` (the default) has the compiled layers draw LoRA's dropout masks
+  from torch's generator, as the uncompiled layers do (inductor's ``fallback_random``, set per
+  compiled function, not process-wide): switching the fast path on then changes the kernels and
+  not the masks, so a run compiled and one not are the same run to bf16 rounding, dropout
+  included. ``inductor`` lets inductor draw its own philox numbers inside its fused kernels and
+  regenerate them in backward; on one H100 that was 8% slower than eager draws (BENCHMARKS.md).
 - ``model.fused_kernels``: Liger-Kernel's Triton RMSNorm, GeGLU / SwiGLU and RoPE for Gemma 3 and
   Llama, patched per module instance (RoPE through a dispatcher that only takes CUDA tensors).
   ``auto`` uses them on CUDA when ``liger_kernel`` is installed and the layers are not compiled
@@ -62,7 +68,7 @@ def accelerate(model: torch.nn.Module, cfg: Any, device: torch.device) -> dict[s
     if wants_liger(cfg.fused_kernels, device, cfg.compile):
         report["liger"] = patch_liger(model)
     if cfg.compile:
-        report["compiled_layers"] = compile_layers(model)
+        report["compiled_layers"] = compile_layers(model, rng=cfg.compile_rng)
     return report
 
 
@@ -70,7 +76,7 @@ def accelerate(model: torch.nn.Module, cfg: Any, device: torch.device) -> dict[s
 # Regional compilation
 # ---------------------------------------------------------------------------------------------
 
-_COMPILED: dict[tuple[type, str], Any] = {}
+_COMPILED: dict[tuple[type, str, str], Any] = {}
 
 
 def _plain_forward(cls: type) -> Any:
@@ -94,8 +100,9 @@ def _checkpointing_forward(compiled: Any) -> Any:
     return forward
 
 
-def compile_layers(model: torch.nn.Module, backend: str | None = None) -> int:
-    """Compile every decoder layer's own ``forward``, one compiled function per layer class.
+def compile_layers(model: torch.nn.Module, backend: str | None = None, rng: str = "eager") -> int:
+    """Compile every decoder layer's own ``forward``, one compiled function per layer class and
+    dropout-mask source (``rng``: ``eager`` or ``inductor``, see ``model.compile_rng``).
 
     The checkpointing wrapper and the module's hooks stay outside the compiled region: a graph
     break (e.g. CPU's per-segment attention) then costs one split graph rather than the whole
@@ -106,16 +113,21 @@ def compile_layers(model: torch.nn.Module, backend: str | None = None) -> int:
     # MEDSLM_COMPILE_BACKEND=aot_eager captures the same graphs without generating code: for
     # debugging a compile problem, and for tests that check graph capture rather than kernels
     backend = backend or os.environ.get("MEDSLM_COMPILE_BACKEND", "inductor")
+    if rng not in ("eager", "inductor"):
+        raise ConfigError(f"model.compile_rng: {rng!r} is not one of eager, inductor")
+    # only inductor generates its own random numbers; other backends run aten's, i.e. eager's
+    options = {"fallback_random": rng == "eager"} if backend == "inductor" else None
     layers = decoder_layers(model)
     for layer in layers:
         cls = type(layer)
         if "_medslm_compiled" in layer.__dict__:
             continue
-        if (cls, backend) not in _COMPILED:
+        key = (cls, backend, rng)
+        if key not in _COMPILED:
             plain = _plain_forward(cls)
-            compiled = torch.compile(plain, backend=backend)
-            _COMPILED[cls, backend] = _checkpointing_forward(compiled) if plain is not cls.forward else compiled
-        layer.forward = MethodType(_COMPILED[cls, backend], layer)
+            compiled = torch.compile(plain, backend=backend, options=options)
+            _COMPILED[key] = _checkpointing_forward(compiled) if plain is not cls.forward else compiled
+        layer.forward = MethodType(_COMPILED[key], layer)
         layer._medslm_compiled = True
     return len(layers)
 

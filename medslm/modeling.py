@@ -50,6 +50,9 @@ class ModelConfig:
     text_only: bool = True
     # the GPU fast path (medslm/acceleration.py); on CPU, auto changes nothing
     compile: bool = False  # torch.compile each decoder layer (regional); the first steps pay the compile
+    # where compiled layers draw LoRA's dropout masks: eager, torch's generator (the same masks as
+    # the uncompiled path, so compile on/off is the same run); inductor, its own fused philox draws
+    compile_rng: Literal["eager", "inductor"] = "eager"
     fused_kernels: Literal["auto", "liger", "none"] = "auto"  # auto: Liger's kernels on CUDA if installed, unless compiled
     lora_forward: Literal["auto", "fused", "peft"] = "auto"  # auto: medslm/lora_fast.py on CUDA, PEFT's forward on CPU
     trust_remote_code: bool = False  # run Python code shipped with a hub model (off: transformers' own classes only)

@@ -97,6 +97,7 @@ class TrainConfig:
 RESUME_MAY_CHANGE = (
     "model.gradient_checkpointing",
     "model.compile",
+    "model.compile_rng",
     "model.fused_kernels",
     "model.lora_forward",
     "data.packed",

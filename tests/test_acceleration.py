@@ -27,7 +27,7 @@ def _examples(lengths, seed=0):
     return out
 
 
-def _lora_model(name, quant="nf4", dropout=0.05, fast=False, compiled=False, dtype="auto", backend="inductor"):
+def _lora_model(name, quant="nf4", dropout=0.05, fast=False, compiled=False, dtype="auto", backend="inductor", rng="eager"):
     base = load_base_model(ModelConfig(name_or_path=name, quantization=quant, attention="packed", compute_dtype=dtype), CPU)
     torch.manual_seed(0)  # after loading: materialising the embedded model draws from the generator once
     model = apply_lora(base, LoraConfigSection(r=4, alpha=8, dropout=dropout), gradient_checkpointing=True)
@@ -37,7 +37,7 @@ def _lora_model(name, quant="nf4", dropout=0.05, fast=False, compiled=False, dty
     if fast:
         assert lora_fast.enable(model) > 0
     if compiled:
-        assert acceleration.compile_layers(model, backend=backend) == len(decoder_layers(model))
+        assert acceleration.compile_layers(model, backend=backend, rng=rng) == len(decoder_layers(model))
     return model.train()
 
 
@@ -55,13 +55,15 @@ def _steps(model, batches):
 def test_compiled_fast_path_matches_eager_in_fp32():
     """Inductor-compiled layers + the lean LoRA forward vs PEFT eager: NF4 Gemma 3 (sliding and
     full layers), dropout 0.05, activation checkpointing, a packed step forward and backward.
-    Inductor draws dropout masks with its own generator; fallback_random makes it use eager's, so
-    the comparison is of the math alone."""
+    With model.compile_rng's default (eager) the compiled layers draw the same dropout masks as
+    the eager ones, so compile on/off is the same run: nothing here patches inductor's config."""
+    assert ModelConfig().compile_rng == "eager"
     batches = [PackedCollator(64, 0)([_examples([11, 25, 6]), _examples([30, 20], seed=1)])]
     eager_losses, eager_grads = _steps(_lora_model("embedded:tiny-gemma3"), batches)
     graphs = acceleration.compile_report()["graphs"]
-    with torch._inductor.config.patch(fallback_random=True):
-        fast_losses, fast_grads = _steps(_lora_model("embedded:tiny-gemma3", fast=True, compiled=True), batches)
+    assert not torch._inductor.config.fallback_random  # set per compiled function, not process-wide
+    fast_losses, fast_grads = _steps(_lora_model("embedded:tiny-gemma3", fast=True, compiled=True), batches)
+    assert not torch._inductor.config.fallback_random
     assert acceleration.compile_report()["graphs"] > graphs  # the layers really were compiled
     assert fast_losses[0] == pytest.approx(eager_losses[0], rel=1e-4)
     assert eager_grads.keys() == fast_grads.keys() and eager_grads
@@ -223,3 +225,36 @@ def test_compiled_layers_under_fsdp2_on_two_ranks_equal_one_eager_rank(tmp_path)
     assert sorted(a) == sorted(b) == [1, 2, 3]
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-4), step
+
+
+def test_train_py_compiled_is_the_same_run_as_eager_dropout_included(tmp_path):
+    """The user's view of model.compile_rng's default: train.py with --model.compile=true (inductor,
+    the product's backend) and the paper's dropout 0.05 logs the losses the uncompiled run logs,
+    step for step (fp32): compiling changes kernels, not the dropout masks. With
+    --model.compile_rng=inductor the masks, and so the losses, differ."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    common = ["--config", str(repo / "configs" / "tiny.yaml"), "--data.max_seq_len=384", "--train.micro_batch_size=2",
+              "--train.warmup_steps=1", "--train.progress=false", "--train.max_steps=3", "--lora.dropout=0.05",
+              "--train.save_every=0", "--model.compute_dtype=float32", "--model.lora_forward=fused"]
+    env = {k: v for k, v in os.environ.items() if k != "MEDSLM_COMPILE_BACKEND"}
+
+    def losses(name, *extra):
+        out = tmp_path / name
+        proc = subprocess.run([sys.executable, "train.py", *common, *extra, f"--train.output_dir={out}"], cwd=repo, env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in recs if r["kind"] == "train"]
+
+    eager = losses("eager")
+    compiled = losses("compiled", "--model.compile=true")
+    assert len(eager) == len(compiled) == 3
+    assert compiled == pytest.approx(eager, rel=1e-4)
+    own_draws = losses("inductor_rng", "--model.compile=true", "--model.compile_rng=inductor")
+    assert own_draws != pytest.approx(eager, rel=1e-4)
