@@ -17,7 +17,7 @@ WORK=$(mktemp -d /tmp/gpu-session-work.XXXX)
 SHAPE=${SHAPE:-medgemma-4b}
 STEPS=${STEPS:-8}
 PARITY_STEPS=${PARITY_STEPS:-20}
-CONFIGS=${CONFIGS:-eager,fast,fast_inductor_rng,fast_d0,trl,default}
+CONFIGS=${CONFIGS:-eager,fast,fast_addmm,fast_inductor_rng,fast_d0,trl}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-370}
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false MEDSLM_CACHE=$WORK/medslm-cache HF_HUB_OFFLINE=1

@@ -72,6 +72,9 @@ CONFIGS: dict[str, dict] = {
     # numbers fused into its kernels, regenerated in backward) instead of torch's generator (the
     # default, eager's masks: "fast" and "eager" then differ in arithmetic alone)
     "fast_inductor_rng": dict(compile=True, fused_kernels="none", lora_forward="fused", compile_rng="inductor"),
+    # "fast" with the LoRA B-matmul traced as an addmm (the eager form): ATen copies each base
+    # output before the GEMM; the default traces an mm and an add that inductor fuses downstream
+    "fast_addmm": dict(compile=True, fused_kernels="none", lora_forward="fused", compiled_lora="addmm"),
 }
 PEERS = ("trl", "trl_liger")
 # rows x tokens per step: the paper's 4 x 2048 at the real shape; CPUs get a lighter step
@@ -198,6 +201,10 @@ def child_medslm(spec: dict) -> dict:
 
     cfg = train_config(spec)
     cuda = torch.cuda.is_available()
+    if CONFIGS[spec["name"]].get("compiled_lora"):
+        from medslm import lora_fast
+
+        lora_fast.COMPILED_FORM = CONFIGS[spec["name"]]["compiled_lora"]
     prof = StepProfiler(spec["steps"] - 2, 2, cuda) if spec.get("profile") else None
     t0 = time.perf_counter()
     result = train(cfg)
@@ -453,6 +460,9 @@ def main() -> None:
     unknown = [n for n in names if n not in CONFIGS and n not in PEERS]
     if unknown:
         raise SystemExit(f"error: --configs: unknown {unknown}; choose from {sorted(CONFIGS) + list(PEERS)}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # each configuration has one run folder and one result
+        raise SystemExit(f"error: --configs: {twice} named more than once; run the bench again for another sample")
     micro_batch, seq_len = STEP_SHAPE[a.shape]
     out_dir = Path(a.out or tempfile.mkdtemp(prefix="gpu-step-"))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,19 @@ so the base output is read once by the B-matmul's epilogue and nothing else touc
 goes to fp32. Dropout stays PEFT's module (same probability, same RNG draws, one dropped copy of
 the input, which the A-matmul's backward needs anyway); with ``lora.dropout: 0`` it is an identity.
 
-Measured at MedGemma 4B's shape on one H200 (BENCHMARKS.md): 1.10x the eager step on its own;
-under ``model.compile`` inductor already fuses PEFT's copy/scale/add into neighbouring kernels,
-and the two forwards are within noise (+-2%).
+Measured at MedGemma 4B's shape on one H200 (BENCHMARKS.md): 1.10x the eager step on its own.
+
+Inside a compiled layer (``model.compile``) the same function is traced as
+
+    out = base(x) + (h @ B^T) * scaling                   # the add and scale fused downstream
+
+because inductor hands an ``addmm`` whose input is a full matrix to ATen as it is, and ATen first
+copies that input into the output (a device-to-device memcpy of every adapted module's base
+output) and then runs the GEMM reading it back (cuBLAS with beta=1). On one H100 the compiled
+step's profile had those two at 4.7% (memcpy) and 6.7% (the beta=1 GEMM) of device time. As an
+``mm`` and an ``add``, the skinny B-matmul writes its product once and inductor fuses the scale and
+the add into the kernel that consumes the output (RoPE's reshape, GeGLU, the residual add), with
+no copy. ``COMPILED_FORM = "addmm"`` keeps the addmm when compiled (for the bench's comparison).
 
 The forward is installed per module (``enable``) and falls back to PEFT's own forward whenever the
 module is not in the plain single-adapter training state (adapters disabled or merged, several
@@ -33,6 +43,9 @@ import torch
 import torch.nn.functional as F
 
 _ORIGINAL = "_medslm_peft_forward"
+# the form traced inside torch.compile: "add" (base + (h @ B^T) * scale, fused downstream) or
+# "addmm" (the eager form); read at trace time, so set it before the first compiled step
+COMPILED_FORM = "add"
 
 
 def _lora_classes() -> tuple[type, ...]:
@@ -57,7 +70,8 @@ def _eligible(module: Any) -> bool:
 
 
 def fast_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    """``base(x) + scaling * B(A(dropout(x)))`` as one A-matmul and one fused addmm."""
+    """``base(x) + scaling * B(A(dropout(x)))`` as one A-matmul and one fused addmm (eager), or an
+    mm whose scale and add inductor fuses into the next kernel (compiled)."""
     active = self.active_adapters
     if args or kwargs or self.disable_adapters or self.merged or len(active) != 1 or active[0] not in self.lora_A:
         return getattr(self, _ORIGINAL)(x, *args, **kwargs)
@@ -68,6 +82,8 @@ def fast_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> 
     xd = self.lora_dropout[name](x)
     h = F.linear(xd, a.to(xd.dtype))
     dt = result.dtype
+    if COMPILED_FORM == "add" and torch.compiler.is_compiling():
+        return result + F.linear(h.to(dt), b.to(dt)) * self.scaling[name]
     out = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]).to(dt), b.to(dt).t(), alpha=self.scaling[name])
     return out.view(result.shape)
 

@@ -71,6 +71,46 @@ def test_compiled_fast_path_matches_eager_in_fp32():
         torch.testing.assert_close(fast_grads[k], eager_grads[k], rtol=1e-4, atol=1e-4 * float(eager_grads[k].abs().max()))
 
 
+def test_compiled_fast_lora_adds_downstream_instead_of_copying_the_base_output(monkeypatch):
+    """Inside torch.compile the lean forward is an mm plus an add that inductor fuses into the next
+    kernel (here the GELU): an addmm with the base output as its input goes to ATen as it is, which
+    copies that whole matrix before its GEMM (a device memcpy per adapted module on CUDA). The
+    addmm form is compiled too, as the control that the check can see the copy."""
+    from peft import LoraConfig, get_peft_model
+    from torch._inductor.utils import run_and_get_code
+
+    assert lora_fast.COMPILED_FORM == "add"  # the product's default
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 96, bias=False), torch.nn.GELU())
+    model = get_peft_model(net, LoraConfig(r=4, lora_alpha=8, target_modules=["0"], lora_dropout=0.0))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)
+    x = torch.randn(2, 16, 64)
+
+    def forward_backward(fn):
+        for p in model.parameters():
+            p.grad = None
+        out = fn(x)
+        out.square().sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    want, want_grads = forward_backward(model)  # PEFT's own forward, eager
+    assert lora_fast.enable(model) == 1
+    codes = {}
+    for form in ("add", "addmm"):
+        monkeypatch.setattr(lora_fast, "COMPILED_FORM", form)
+        with torch._inductor.config.patch(fx_graph_cache=False):
+            (got, grads), code = run_and_get_code(forward_backward, torch.compile(lambda t: model(t)))
+        codes[form] = "\n".join(code)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        for k in want_grads:
+            torch.testing.assert_close(grads[k], want_grads[k], rtol=1e-5, atol=1e-6)
+    assert "extern_kernels.addmm" in codes["addmm"]  # the control: the copying form is visible
+    assert "extern_kernels.addmm" not in codes["add"]
+    assert any("add_gelu" in line for line in codes["add"].splitlines() if "fused" in line)  # add fused into GELU
+
+
 def test_new_segment_lengths_recompile_once_then_never():
     """The longest segment (an int handed to the attention) changes with every batch: dynamo
     recompiles once with it dynamic, and later batches reuse that graph. Graph capture is the

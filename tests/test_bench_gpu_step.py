@@ -40,3 +40,13 @@ def test_gpu_step_bench_runs_medslm_and_trl_on_the_same_items(tmp_path):
     prof = json.loads((tmp_path / "out" / "profile_lora.json").read_text())
     assert sum(prof["shares"].values()) == pytest.approx(1.0, abs=1e-3)
     assert 0 < out["matmul_share"] < 1 and out["matmul_share"] == prof["shares"]["matmul"]
+
+
+def test_gpu_step_bench_refuses_a_configuration_named_twice(tmp_path):
+    """Each configuration has one run folder and one result: naming one twice made the second run
+    fail on the first's folder and replace its result; it is refused before any model is built."""
+    proc = subprocess.run([sys.executable, "bench/gpu_step.py", "--shape", "tiny", "--configs", "eager,fast,eager", "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "['eager'] named more than once" in proc.stderr
+    assert not list(tmp_path.iterdir())
