@@ -77,7 +77,7 @@ for name, c in s["configs"].items():
     print(f"{name:10} {json.dumps({k: c.get(k) for k in ('tokens_per_s', 'vs_eager', 'vs_trl', 'peak_gb', 'first_step_s', 'error') if c.get(k) is not None})} {json.dumps(comp) if comp else ''}")
 for p in sorted(d.glob("profile_*.json")):
     prof = json.loads(p.read_text())
-    print(p.stem, prof["shares"], f"{prof['total_ms_per_step']:.0f} ms/step")
+    print(p.stem, prof["shares"], f"{prof['total_ms_per_step']:.0f} ms/step of kernels; median step {prof.get('median_step_ms')} ms; host gap {prof.get('host_gap_ms')} ms")
     for t in prof["top"][:8]:
         print("   ", t["share"], t["class"], t["name"][:90])
 EOF

@@ -22,7 +22,8 @@ checkpointing (non-reentrant), bf16 on a GPU (fp32 on a CPU), AdamW 2e-4.
   synchronises the device, tokens from the batches. ``trl_liger`` adds ``use_liger_kernel``.
 - ``--profile`` configurations are profiled (torch.profiler) over two extra steps at the end, not
   counted in tokens/s: the shares of device time (CPU time on a CPU) in matmul, attention, NF4
-  dequantisation and elementwise/other kernels, and the top kernels, go to ``profile_<name>.json``.
+  dequantisation and elementwise/other kernels, and the top kernels, go to ``profile_<name>.json``,
+  with ``host_gap_ms`` on a GPU: the median unprofiled step minus the kernels' time per step.
 - Loss parity: configurations in ``--parity`` run ``--parity-steps`` steps (all the same number,
   profiled or not: the step count sets the cosine schedule); their per-step losses are compared
   with ``eager``'s, or ``eager_d0``'s for a dropout-free configuration when it ran (max relative
@@ -39,6 +40,7 @@ import argparse
 import glob
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -228,6 +230,12 @@ def child_medslm(spec: dict) -> dict:
         "acceleration": result.get("acceleration", {}),
     }
     if profile:
+        # the device's idle time per step: the median unprofiled step minus the profiled kernels'
+        # time per step (host work the kernels wait on: launches, syncs, Python between them)
+        med = statistics.median(r["step_time_s"] for r in timed) * 1e3
+        profile["median_step_ms"] = round(med, 2)
+        if cuda:
+            profile["host_gap_ms"] = round(med - profile["total_ms_per_step"], 2)
         out["profile"] = profile
     return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,8 @@ def test_gpu_step_bench_runs_medslm_and_trl_on_the_same_items(tmp_path):
     prof = json.loads((tmp_path / "out" / "profile_lora.json").read_text())
     assert sum(prof["shares"].values()) == pytest.approx(1.0, abs=1e-3)
     assert 0 < out["matmul_share"] < 1 and out["matmul_share"] == prof["shares"]["matmul"]
+    # the unprofiled timed steps (2 and 3 of 3 + 2 profiled): their median step time, in ms
+    assert prof["median_step_ms"] == pytest.approx(1e3 * statistics.median(runs["lora"]["step_s"][1:3]), abs=0.1)
 
 
 def test_gpu_step_bench_refuses_a_configuration_named_twice(tmp_path):
