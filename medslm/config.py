@@ -148,14 +148,20 @@ def apply_mapping(cfg: Any, tree: dict[str, Any], source: str) -> None:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    return _load_yaml_text(path)[0]
+
+
+def _load_yaml_text(path: str | Path) -> tuple[dict[str, Any], str]:
+    """The parsed file and the text it was parsed from (one read)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
+    text = p.read_text(encoding="utf-8")
     try:
-        tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        tree = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    return tree
+    return tree, text
 
 
 def option_pairs(argv: list[str]) -> list[tuple[str, str]]:
@@ -226,9 +232,9 @@ def load_saved_config(cls: type[T], path: str | Path) -> T:
     silently take today's defaults. One with every key but no end line (hand-written, or saved by
     an older medslm) loads."""
     cfg = cls()
-    tree = load_yaml(path)
+    tree, text = _load_yaml_text(path)  # one read: the end line is looked for in the text parsed
     apply_mapping(cfg, tree, str(path))
-    if END_MARKER not in Path(path).read_text(encoding="utf-8").splitlines():
+    if END_MARKER not in text.splitlines():
         missing = sorted(set(k for k, _ in _flatten(to_dict(cfg))) - set(k for k, _ in _flatten(tree)))
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
