@@ -21,6 +21,13 @@ def _model_cache(tmp_path_factory):
     yield
 
 
+def tiny_run(*extra: str) -> list[str]:
+    """train.py arguments for the tests' small real runs: configs/tiny.yaml (the embedded tiny
+    model, NF4 + LoRA, packing), 384-token rows, no progress bar; ``extra`` (each test's steps,
+    batch, warmup, dropout) last, so it overrides."""
+    return ["--config", str(REPO / "configs" / "tiny.yaml"), "--data.max_seq_len=384", "--train.progress=false", *extra]
+
+
 def medqa_row(i: int, answer: str = "B", n_options: int = 4, **extra) -> dict:
     options = {letter: f"option {letter.lower()} number {i}" for letter in "ABCDE"[:n_options]}
     row = {

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import assert_packed_grads_equal_per_example
+from conftest import assert_packed_grads_equal_per_example, tiny_run
 from medslm import acceleration, lora_fast
 from medslm.config import ConfigError
 from medslm.modeling import LoraConfigSection, ModelConfig, apply_lora, decoder_layers, load_base_model
@@ -239,9 +239,8 @@ def test_compiled_layers_under_fsdp2_on_two_ranks_equal_one_eager_rank(tmp_path)
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    common = ["--config", str(repo / "configs" / "tiny.yaml"), "--data.max_seq_len=384", "--train.micro_batch_size=2",
-              "--train.warmup_steps=2", "--train.progress=false", "--train.max_steps=3", "--lora.dropout=0.0",
-              "--train.save_every=0", "--distributed.fsdp=true", "--model.compute_dtype=float32"]
+    common = tiny_run("--train.micro_batch_size=2", "--train.warmup_steps=2", "--train.max_steps=3", "--lora.dropout=0.0",
+                      "--train.save_every=0", "--distributed.fsdp=true", "--model.compute_dtype=float32")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MEDSLM_COMPILE_BACKEND": "aot_eager"}
 
     def run(extra, nproc):
@@ -279,9 +278,8 @@ def test_train_py_compiled_is_the_same_run_as_eager_dropout_included(tmp_path):
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    common = ["--config", str(repo / "configs" / "tiny.yaml"), "--data.max_seq_len=384", "--train.micro_batch_size=2",
-              "--train.warmup_steps=1", "--train.progress=false", "--train.max_steps=3", "--lora.dropout=0.05",
-              "--train.save_every=0", "--model.compute_dtype=float32", "--model.lora_forward=fused"]
+    common = tiny_run("--train.micro_batch_size=2", "--train.warmup_steps=1", "--train.max_steps=3", "--lora.dropout=0.05",
+                      "--train.save_every=0", "--model.compute_dtype=float32", "--model.lora_forward=fused")
     env = {k: v for k, v in os.environ.items() if k != "MEDSLM_COMPILE_BACKEND"}
 
     def losses(name, *extra):

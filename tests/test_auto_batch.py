@@ -10,19 +10,13 @@ import pytest
 import torch
 import yaml
 
+from conftest import tiny_run
 from medslm.auto_batch import smaller_micro_batch
 from medslm.config import parse_config
 from medslm.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = [
-    "--config", str(REPO / "configs" / "tiny.yaml"),
-    "--data.max_seq_len=384",
-    "--train.warmup_steps=2",
-    "--train.progress=false",
-    "--train.max_steps=3",
-    "--train.save_every=0",
-]
+FAST = tiny_run("--train.warmup_steps=2", "--train.max_steps=3", "--train.save_every=0")
 
 
 def _cfg(out: Path, *extra: str) -> TrainConfig:

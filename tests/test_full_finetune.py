@@ -9,15 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tiny_run
 from medslm.config import ConfigError, parse_config
 from medslm.train_config import TrainConfig
 
-REPO = Path(__file__).resolve().parents[1]
-FULL = [
-    "--config", str(REPO / "configs" / "tiny.yaml"), "--data.max_seq_len=384", "--train.micro_batch_size=2",
-    "--train.progress=false", "--lora.enabled=false", "--model.quantization=none", "--model.compute_dtype=bfloat16",
-    "--data.packing=false", "--train.max_steps=2", "--train.warmup_steps=1",
-]
+FULL = tiny_run("--train.micro_batch_size=2", "--lora.enabled=false", "--model.quantization=none", "--model.compute_dtype=bfloat16",
+                "--data.packing=false", "--train.max_steps=2", "--train.warmup_steps=1")
 
 
 def test_full_finetuning_trains_every_weight_and_evaluates(tmp_path):

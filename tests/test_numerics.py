@@ -11,20 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tiny_run
 from medslm.config import ConfigError, parse_config
 from medslm.metrics import MetricsLogger
 from medslm.numerics import NonFiniteError
 from medslm.train_config import TrainConfig, TrainSection
 
-REPO = Path(__file__).resolve().parents[1]
-FAST = [
-    "--config", str(REPO / "configs" / "tiny.yaml"),
-    "--data.max_seq_len=384",
-    "--train.micro_batch_size=2",
-    "--train.grad_accum=1",
-    "--train.warmup_steps=0",
-    "--train.progress=false",
-]
+FAST = tiny_run("--train.micro_batch_size=2", "--train.grad_accum=1", "--train.warmup_steps=0")
 
 
 def _strict_lines(path: Path) -> list[dict]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tiny_run
 from medslm import trainer
 from medslm.checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint, save_checkpoint
 from medslm.cli import UserError
@@ -25,15 +26,7 @@ from medslm.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 # dropout 0: a resumed run and an uninterrupted one, on any number of ranks, take the same steps
-COMMON = [
-    "--config", str(REPO / "configs" / "tiny.yaml"),
-    "--data.max_seq_len=384",
-    "--train.micro_batch_size=2",
-    "--train.warmup_steps=2",
-    "--train.max_steps=4",
-    "--train.progress=false",
-    "--lora.dropout=0.0",
-]
+COMMON = tiny_run("--train.micro_batch_size=2", "--train.warmup_steps=2", "--train.max_steps=4", "--lora.dropout=0.0")
 
 
 def _cfg(out: Path, *extra: str) -> TrainConfig:

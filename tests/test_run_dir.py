@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tiny_run
 from medslm import trainer
 from medslm.cli import UserError
 from medslm.config import ConfigError, parse_config
@@ -24,14 +25,7 @@ from medslm.run_dir import LOCK_NAME, acquire_lock, open_run_dir
 from medslm.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = [
-    "--config", str(REPO / "configs" / "tiny.yaml"),
-    "--data.max_seq_len=384",
-    "--train.micro_batch_size=2",
-    "--train.grad_accum=1",
-    "--train.warmup_steps=1",
-    "--train.progress=false",
-]
+FAST = tiny_run("--train.micro_batch_size=2", "--train.grad_accum=1", "--train.warmup_steps=1")
 ONE = DistState(0, 1, 0, torch.device("cpu"), None)
 
 

@@ -12,19 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import tiny_run
 from medslm.config import parse_config
 from medslm.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
 # Small and fast, but the real path: NF4 base, LoRA on all linear layers, packing, checkpoints.
-FAST = [
-    "--config", str(REPO / "configs" / "tiny.yaml"),
-    "--data.max_seq_len=384",
-    "--train.micro_batch_size=2",
-    "--train.warmup_steps=2",
-    "--train.progress=false",
-]
+FAST = tiny_run("--train.micro_batch_size=2", "--train.warmup_steps=2")
 
 
 def _cfg(tmp_path: Path, *extra: str) -> TrainConfig:
