@@ -80,6 +80,19 @@ def ray_session():
         ray.shutdown()
 
 
+def answer_examples(lengths, seed: int = 0) -> list[dict]:
+    """Random token examples of the given lengths (ids in the tiny models' 4096 vocabulary), the
+    last three tokens supervised, like an answer + EOS."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in lengths:
+        ids = torch.randint(3, 4096, (n,), generator=g).tolist()
+        out.append({"input_ids": ids, "labels": [-100] * (n - 3) + ids[-3:]})
+    return out
+
+
 def assert_packed_grads_equal_per_example(make_model, examples: list[dict]) -> None:
     """Gradients of one packed row of ``examples`` equal the sum of each example's gradients alone
     (two models from ``make_model()``, same init): packing neither leaks nor reweights."""

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import assert_packed_grads_equal_per_example, tiny_run
+from conftest import answer_examples, assert_packed_grads_equal_per_example, tiny_run
 from medslm import acceleration, lora_fast
 from medslm.config import ConfigError
 from medslm.modeling import LoraConfigSection, ModelConfig, apply_lora, decoder_layers, load_base_model
@@ -16,15 +16,6 @@ from medslm.packing import PackedCollator
 from medslm.trainer import batch_loss_sum
 
 CPU = torch.device("cpu")
-
-
-def _examples(lengths, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for n in lengths:
-        ids = torch.randint(3, 4096, (n,), generator=g).tolist()
-        out.append({"input_ids": ids, "labels": [-100] * (n - 3) + ids[-3:]})
-    return out
 
 
 def _lora_model(name, quant="nf4", dropout=0.05, fast=False, compiled=False, dtype="auto", backend="inductor", rng="eager"):
@@ -58,7 +49,7 @@ def test_compiled_fast_path_matches_eager_in_fp32():
     With model.compile_rng's default (eager) the compiled layers draw the same dropout masks as
     the eager ones, so compile on/off is the same run: nothing here patches inductor's config."""
     assert ModelConfig().compile_rng == "eager"
-    batches = [PackedCollator(64, 0)([_examples([11, 25, 6]), _examples([30, 20], seed=1)])]
+    batches = [PackedCollator(64, 0)([answer_examples([11, 25, 6]), answer_examples([30, 20], seed=1)])]
     eager_losses, eager_grads = _steps(_lora_model("embedded:tiny-gemma3"), batches)
     graphs = acceleration.compile_report()["graphs"]
     assert not torch._inductor.config.fallback_random  # set per compiled function, not process-wide
@@ -119,7 +110,7 @@ def test_new_segment_lengths_recompile_once_then_never():
     rows = [[[11, 25, 6], [30, 20]], [[40, 9], [7, 7, 7, 30]], [[50, 12], [3, 60]], [[33, 31], [64]]]
     graphs = [acceleration.compile_report()["graphs"]]
     for i, r in enumerate(rows):
-        batch = PackedCollator(64, 0)([_examples(r[0], seed=2 * i), _examples(r[1], seed=2 * i + 1)])
+        batch = PackedCollator(64, 0)([answer_examples(r[0], seed=2 * i), answer_examples(r[1], seed=2 * i + 1)])
         loss, _ = batch_loss_sum(model, batch, True, CPU)
         loss.backward()
         graphs.append(acceleration.compile_report()["graphs"])
@@ -131,7 +122,7 @@ def test_new_segment_lengths_recompile_once_then_never():
 def test_packed_gradients_equal_per_example_gradients_on_the_fast_path():
     """Packed == each example alone, through the lean LoRA forward and compiled layers (aot_eager:
     the captured graphs, with the inductor numerics checked above)."""
-    exs = _examples([11, 25, 6])
+    exs = answer_examples([11, 25, 6])
     assert_packed_grads_equal_per_example(lambda: _lora_model("embedded", dropout=0.0, fast=True, compiled=True, backend="aot_eager"), exs)
 
 

@@ -5,22 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import assert_packed_grads_equal_per_example
+from conftest import answer_examples, assert_packed_grads_equal_per_example
 from medslm.modeling import ModelConfig, load_base_model
 from medslm.packing import PackedCollator
 from medslm.trainer import batch_loss_sum
 
 CPU = torch.device("cpu")
-
-
-def _examples(lengths, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for n in lengths:
-        ids = torch.randint(3, 4096, (n,), generator=g).tolist()
-        labels = [-100] * (n - 3) + ids[-3:]  # the last three tokens supervised, like an answer + EOS
-        out.append({"input_ids": ids, "labels": labels})
-    return out
 
 
 @pytest.mark.parametrize("name", ["embedded", "embedded:tiny-gemma3"])
@@ -29,7 +19,7 @@ def test_packed_loss_and_logits_equal_each_example_alone(name, quant):
     packed = load_base_model(ModelConfig(name_or_path=name, quantization=quant, attention="packed"), CPU, packed=True).eval()
     alone = load_base_model(ModelConfig(name_or_path=name, quantization=quant, attention="sdpa"), CPU, packed=False).eval()
     lengths = [9, 40, 5, 23]  # 40 > tiny-gemma3's sliding window of 16: the window mask is exercised
-    exs = _examples(lengths)
+    exs = answer_examples(lengths)
     batch = PackedCollator(128, 0)([exs[:2], exs[2:]])
     from medslm.attention import packed_forward_kwargs
 
@@ -56,9 +46,9 @@ def test_changing_one_example_leaves_the_others_untouched():
     model = load_base_model(ModelConfig(name_or_path="embedded:tiny-gemma3", quantization="nf4", attention="packed"), CPU).eval()
     from medslm.attention import packed_forward_kwargs
 
-    exs = _examples([12, 30, 7])
+    exs = answer_examples([12, 30, 7])
     changed = [dict(e) for e in exs]
-    changed[1] = _examples([30], seed=5)[0]
+    changed[1] = answer_examples([30], seed=5)[0]
     with torch.no_grad():
         a = model(**packed_forward_kwargs(PackedCollator(64, 0)([exs]), CPU)).logits[0]
         b = model(**packed_forward_kwargs(PackedCollator(64, 0)([changed]), CPU)).logits[0]
@@ -78,5 +68,5 @@ def test_packed_gradients_equal_the_sum_of_per_example_gradients():
                 torch.nn.init.normal_(p, std=0.02)
         return m.train()
 
-    exs = _examples([11, 25, 6])
+    exs = answer_examples([11, 25, 6])
     assert_packed_grads_equal_per_example(lambda: lora_model("packed"), exs)
