@@ -32,6 +32,7 @@ import torch
 
 from medslm import distributed as D
 from medslm.config import save_config
+from medslm.resume import rng_state, set_rng_state
 
 T = TypeVar("T")
 WINDOW_STEPS = 2
@@ -72,7 +73,7 @@ class AutoMicroBatch:
         if not self.enabled or step > self.last_step:
             return micro_steps()
         while True:
-            rng = _rng_state()
+            rng = rng_state()
             ran_out = False
             try:
                 result = micro_steps()
@@ -94,7 +95,7 @@ class AutoMicroBatch:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        _set_rng_state(rng)
+        set_rng_state(rng)
 
     def _shrink(self, step: int) -> None:
         t = self.cfg.train
@@ -115,16 +116,3 @@ class AutoMicroBatch:
             )
             save_config(self.cfg, os.path.join(self.output_dir, "config.yaml"))
             self.logger.log(step, {k: v for k, v in change.items() if k != "step"}, kind="auto_micro_batch")
-
-
-def _rng_state() -> dict[str, Any]:
-    st: dict[str, Any] = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def _set_rng_state(st: dict[str, Any]) -> None:
-    torch.set_rng_state(st["cpu"])
-    if "cuda" in st:
-        torch.cuda.set_rng_state_all(st["cuda"])
