@@ -232,11 +232,12 @@ def _hub_small_files(repo_id: str) -> Path | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+def _read_json(path: Path, hint: str) -> Any:
+    """The file's JSON, or None when there is no such file; a truncated one is an error naming it
+    (a card that silently lost its evaluation would be published as if none was run)."""
+    from medslm.files import read_json
+
+    return read_json(path, hint) if path.is_file() else None
 
 
 def _losses(run: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -253,8 +254,8 @@ def _losses(run: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
 
 def model_card(run: Path, run_cfg: Any, cfg: ExportConfig, info: dict[str, Any]) -> str:
     m, lora, d, t = run_cfg.model, run_cfg.lora, run_cfg.data, run_cfg.train
-    report = _read_json(run / "packing_report.json") or {}
-    ev = _read_json(run / "eval" / "eval.json")
+    report = _read_json(run / "packing_report.json", "train.py writes it at the start of the run") or {}
+    ev = _read_json(run / "eval" / "eval.json", f"rerun evaluate.py --run {run}")
     last_train, last_val = _losses(run)
     base = info["base_model"]
     merged = info["kind"] == "merged"

@@ -91,6 +91,12 @@ def test_adapter_export_is_a_clean_peft_folder_with_a_filled_card(tmp_path):
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
     missing = _export("--run", str(tmp_path / "nope"), "--out", str(tmp_path / "x"))
     assert missing.returncode == 2 and "no such directory" in missing.stderr
+    # a truncated eval.json is named, not published as a card without its evaluation
+    (run / "eval" / "eval.json").write_text('{"scoring": "letter", "split": "te')
+    cut = _export("--run", str(run), "--out", str(tmp_path / "cut"))
+    assert cut.returncode == 2 and "Traceback" not in cut.stderr
+    assert f"{run / 'eval' / 'eval.json'}: not valid JSON" in cut.stderr and "rerun evaluate.py" in cut.stderr
+    assert not (tmp_path / "cut").exists()
 
 
 def test_merged_model_logits_equal_base_plus_adapter(tmp_path):
