@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from medslm.config import save_config
+from medslm.files import read_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,12 +34,22 @@ def torchrun_command(config_file: Path, procs: int) -> list[str]:
 
 
 def result_of_run(run_dir: Path) -> dict[str, Any]:
-    """What ``train.main`` returns, read back from a finished run folder (rank 0's records)."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    """What ``train.main`` returns, read back from a finished run folder (rank 0's records).
+
+    Strict: the run finished, so a line that does not parse is damage, named by file and line
+    (it is not skipped, as a line cut by a kill is when resuming)."""
+    path = run_dir / "metrics.jsonl"
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise RuntimeError(f"{path}:line {n}: not valid JSON ({exc.msg}); the finished run's metrics are damaged") from None
     train = [r for r in records if r.get("kind") == "train"]
     if not train:
-        raise RuntimeError(f"{run_dir / 'metrics.jsonl'}: no training step was logged")
-    report = json.loads((run_dir / "packing_report.json").read_text(encoding="utf-8"))
+        raise RuntimeError(f"{path}: no training step was logged")
+    report = read_json(run_dir / "packing_report.json")
     return {
         "output_dir": str(run_dir),
         "final_loss": train[-1]["loss"],

@@ -157,6 +157,30 @@ def test_multi_process_trial_options_are_checked(tmp_path, argv, match):
         parse_sweep_args("grid", [*argv, "--out", str(tmp_path)], "x")
 
 
+def test_a_finished_multi_process_trial_is_read_back_strictly(tmp_path):
+    """An N-process trial's result is read from its run folder: a damaged line of a finished run's
+    metrics is named by file and line (never skipped into a shorter loss curve), and so is a
+    truncated packing report."""
+    from medslm.cli import UserError
+    from medslm.trial_launcher import result_of_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [{"step": 1, "kind": "train", "loss": 2.0, "peak_mem_gb": 1.5}, {"step": 1, "kind": "val", "val_loss": 2.5},
+             {"step": 2, "kind": "train", "loss": 1.0, "peak_mem_gb": 1.25}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (run / "packing_report.json").write_text(json.dumps({"packing_efficiency": 0.98}))
+    got = result_of_run(run)
+    assert (got["final_loss"], got["steps"], got["val_losses"], got["peak_mem_gb"], got["packing_efficiency"]) == (1.0, 2, [2.5], 1.5, 0.98)
+    (run / "metrics.jsonl").write_text(json.dumps(lines[0]) + "\n" + '{"step": 2, "kind": "tr\n' + json.dumps(lines[2]) + "\n")
+    with pytest.raises(RuntimeError, match=rf"{run / 'metrics.jsonl'}:line 2: not valid JSON"):
+        result_of_run(run)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (run / "packing_report.json").write_text('{"packing_eff')
+    with pytest.raises(UserError, match=rf"{run / 'packing_report.json'}: not valid JSON"):
+        result_of_run(run)
+
+
 def test_two_process_trial_equals_torchrun_of_its_config(tmp_path, monkeypatch):
     """--procs-per-trial 2 (gloo on CPU; --gpus-per-trial 2 on GPUs) runs each trial as a 2-rank
     FSDP job: its losses equal `torchrun --nproc_per_node 2 train.py` on the trial's config."""
