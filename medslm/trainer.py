@@ -90,32 +90,33 @@ def supervised_tokens(row: Row) -> int:
 def batch_loss_sum(model: Any, batch: dict[str, Any], packed: bool, device: torch.device) -> tuple[torch.Tensor, int]:
     """Sum of next-token cross-entropy over supervised tokens, and their count.
 
-    Logits are computed only at positions whose next token is supervised.
+    Logits are computed only at positions whose next token is supervised. Which positions those
+    are, and how many, is read from the collator's host tensors: asking the device (a nonzero or a
+    sum read back) would make the host wait for every queued kernel at each micro-step.
     """
-    labels = batch["labels"].to(device)
+    labels = batch["labels"].cpu()
     if packed:
         kwargs = packed_forward_kwargs(batch, device)
         flat = labels.reshape(-1)
         keep = torch.nonzero(flat[1:] != -100).squeeze(-1)
         if keep.numel() == 0:  # a null row: run the graph so every rank takes part in FSDP collectives
-            keep = torch.zeros(1, dtype=torch.long, device=device)
-        logits = model(**kwargs, logits_to_keep=keep).logits[0]  # [K, V]
+            keep = torch.zeros(1, dtype=torch.long)
         targets = flat[keep + 1]
+        logits = model(**kwargs, logits_to_keep=keep.to(device)).logits[0]  # [K, V]
     else:
         shifted = labels[:, 1:] != -100
         cols = torch.nonzero(shifted.any(dim=0)).squeeze(-1)
         if cols.numel() == 0:
-            cols = torch.zeros(1, dtype=torch.long, device=device)
+            cols = torch.zeros(1, dtype=torch.long)
         logits = model(
             input_ids=batch["input_ids"].to(device),
             attention_mask=batch["attention_mask"].to(device),
             position_ids=batch["position_ids"].to(device),
-            logits_to_keep=cols,
+            logits_to_keep=cols.to(device),
         ).logits  # [B, K, V]
-        targets = labels[:, cols + 1]
+        targets = labels[:, cols + 1].reshape(-1)
         logits = logits.reshape(-1, logits.shape[-1])
-        targets = targets.reshape(-1)
-    loss = F.cross_entropy(logits.float(), targets, ignore_index=-100, reduction="sum")
+    loss = F.cross_entropy(logits.float(), targets.to(device), ignore_index=-100, reduction="sum")
     return loss, int((targets != -100).sum())
 
 
@@ -279,7 +280,8 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool, ckpt: Checkpoint
         t0 = time.perf_counter()
 
         def micro_steps() -> torch.Tensor:  # read micro_batch_size/grad_accum here: auto_micro_batch may change them
-            local_sum = torch.zeros((), dtype=torch.float64)
+            # the loss sum stays on the device: the step's one read-back comes after clipping
+            local_sum = torch.zeros((), dtype=torch.float64, device=dist.device)
             for idx in step_slices(order, in_epoch, t_cfg.micro_batch_size, t_cfg.grad_accum, dist.world_size, dist.rank):
                 rows = [s.rows[i] for i in idx] or [_null_row(s.pad)]
                 batch = s.collate(rows)
@@ -287,15 +289,16 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool, ckpt: Checkpoint
                     with s.precision.forward():
                         loss_sum, _ = batch_loss_sum(model, batch, s.packed, dist.device)
                     (loss_sum * (loss_scale / max(1, n_sup))).backward()
-                local_sum += loss_sum.detach().double().cpu()
+                local_sum += loss_sum.detach().double()
             return local_sum
 
         local_sum = auto_batch.run(step + 1, micro_steps)
         if dist.distributed and not cfg.distributed.fsdp:
             D.all_reduce_grads(dist, params)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, t_cfg.max_grad_norm)
-        grad_norm = float(D.full_tensor(grad_norm)) if D.is_sharded(grad_norm) else float(grad_norm)
-        last_loss = float(D.all_reduce_sum(dist, local_sum)) / max(1, n_sup)
+        grad_norm = D.full_tensor(torch.nn.utils.clip_grad_norm_(params, t_cfg.max_grad_norm))
+        # one device-to-host read per step for both numbers the guard below checks
+        loss_total, grad_norm = torch.stack([D.all_reduce_sum(dist, local_sum), grad_norm.detach().double()]).tolist()
+        last_loss = loss_total / max(1, n_sup)
         check_step(step + 1, last_loss, grad_norm, out)  # the same numbers on every rank: all stop together
         lr = scheduler.get_last_lr()[0]
         optimizer.step()

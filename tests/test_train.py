@@ -319,3 +319,27 @@ def test_fsdp_shards_the_adapter_and_never_the_frozen_base(tmp_path):
     assert layout["world_size"] == 2 and layout["lora"] > 0 and layout["frozen"] > 0
     assert layout["frozen_sharded"] == []
     assert layout["lora_not_sharded"] == []
+
+
+def test_the_loss_reads_which_logits_to_keep_from_the_host_not_the_device():
+    """Which positions are supervised, and how many, come from the collator's host tensors: with
+    the model on the meta device (values that cannot be read back) the loss is still built, so
+    no step waits for the device to answer that question."""
+    from types import SimpleNamespace
+
+    from conftest import answer_examples
+    from medslm.packing import PackedCollator, PaddedCollator
+    from medslm.trainer import batch_loss_sum
+
+    meta = torch.device("meta")
+    exs = answer_examples([9, 14, 6])
+
+    def model(logits_to_keep, **kwargs):
+        assert logits_to_keep.device == meta
+        lead = (1,) if "cu_seq_lens_q" in kwargs else (kwargs["input_ids"].shape[0],)
+        return SimpleNamespace(logits=torch.zeros(*lead, logits_to_keep.numel(), 4096, device=meta))
+
+    loss, n = batch_loss_sum(model, PackedCollator(32, 0)([exs]), True, meta)
+    assert loss.device == meta and n == 9
+    loss, n = batch_loss_sum(model, PaddedCollator(0, "longest", 32)(exs), False, meta)
+    assert loss.device == meta and n == 9
