@@ -42,6 +42,7 @@ from medslm.modeling import AdapterPrecision, apply_lora, decoder_layers, embedd
 from medslm.multimodal import rename_saved_adapter
 from medslm.numerics import check_adapter, check_step
 from medslm.packing import PackedCollator, PaddedCollator
+from medslm.pygc import managed_collector
 from medslm.resume import find_checkpoint, restore, rng_state
 from medslm.run_dir import open_run_dir
 from medslm.tokenizer import load_tokenizer, pad_token_id, tokenizer_fingerprint
@@ -271,71 +272,73 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool, ckpt: Checkpoint
     val_losses: list[float] = []
     step = start_step
     model.train()
-    while step < total_steps:
-        epoch, in_epoch = divmod(step, steps_per_epoch)
-        order = epoch_order(len(s.rows), t_cfg.seed, epoch)
-        step_idx = order[in_epoch * g_rows : (in_epoch + 1) * g_rows]
-        n_sup = sum(row_sup[i] for i in step_idx)  # the whole global batch, every rank alike
-        n_real = sum(row_real[i] for i in step_idx)
-        t0 = time.perf_counter()
+    with managed_collector(t_cfg.gc) as collector:  # Python's collector between steps, not inside them
+        while step < total_steps:
+            epoch, in_epoch = divmod(step, steps_per_epoch)
+            order = epoch_order(len(s.rows), t_cfg.seed, epoch)
+            step_idx = order[in_epoch * g_rows : (in_epoch + 1) * g_rows]
+            n_sup = sum(row_sup[i] for i in step_idx)  # the whole global batch, every rank alike
+            n_real = sum(row_real[i] for i in step_idx)
+            t0 = time.perf_counter()
 
-        def micro_steps() -> torch.Tensor:  # read micro_batch_size/grad_accum here: auto_micro_batch may change them
-            # the loss sum stays on the device: the step's one read-back comes after clipping
-            local_sum = torch.zeros((), dtype=torch.float64, device=dist.device)
-            for idx in step_slices(order, in_epoch, t_cfg.micro_batch_size, t_cfg.grad_accum, dist.world_size, dist.rank):
-                rows = [s.rows[i] for i in idx] or [_null_row(s.pad)]
-                batch = s.collate(rows)
-                with s.precision.step():
-                    with s.precision.forward():
-                        loss_sum, _ = batch_loss_sum(model, batch, s.packed, dist.device)
-                    (loss_sum * (loss_scale / max(1, n_sup))).backward()
-                local_sum += loss_sum.detach().double()
-            return local_sum
+            def micro_steps() -> torch.Tensor:  # read micro_batch_size/grad_accum here: auto_micro_batch may change them
+                # the loss sum stays on the device: the step's one read-back comes after clipping
+                local_sum = torch.zeros((), dtype=torch.float64, device=dist.device)
+                for idx in step_slices(order, in_epoch, t_cfg.micro_batch_size, t_cfg.grad_accum, dist.world_size, dist.rank):
+                    rows = [s.rows[i] for i in idx] or [_null_row(s.pad)]
+                    batch = s.collate(rows)
+                    with s.precision.step():
+                        with s.precision.forward():
+                            loss_sum, _ = batch_loss_sum(model, batch, s.packed, dist.device)
+                        (loss_sum * (loss_scale / max(1, n_sup))).backward()
+                    local_sum += loss_sum.detach().double()
+                return local_sum
 
-        local_sum = auto_batch.run(step + 1, micro_steps)
-        if dist.distributed and not cfg.distributed.fsdp:
-            D.all_reduce_grads(dist, params)
-        grad_norm = D.full_tensor(torch.nn.utils.clip_grad_norm_(params, t_cfg.max_grad_norm))
-        # one device-to-host read per step for both numbers the guard below checks
-        loss_total, grad_norm = torch.stack([D.all_reduce_sum(dist, local_sum), grad_norm.detach().double()]).tolist()
-        last_loss = loss_total / max(1, n_sup)
-        check_step(step + 1, last_loss, grad_norm, out)  # the same numbers on every rank: all stop together
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        dt = time.perf_counter() - t0
-        peak_gb = None
-        if step % t_cfg.log_every == 0 or step == total_steps:
-            rec = {
-                "epoch": step / steps_per_epoch,
-                "loss": last_loss,
-                "lr": lr,
-                "grad_norm": grad_norm,
-                "tokens": n_real,
-                "supervised_tokens": n_sup,
-                "tokens_per_s": n_real / dt if dt > 0 else 0.0,
-                "step_time_s": dt,
-                "peak_mem_gb": D.all_reduce_max(dist, mem.peak_gb()),
-            }
-            nvml = mem.nvml_peak_gb()
-            if nvml is not None:
-                rec["nvml_peak_gb"] = nvml
-            logger.log(step, rec)
-            peak_gb = rec["peak_mem_gb"]
-        bar.update(1, **_progress_fields(step, steps_per_epoch, last_loss, lr, n_real / dt if dt > 0 else 0.0, peak_gb))
-        if step % steps_per_epoch == 0 or step == total_steps:
-            vl = validation_loss(s, dist)
-            if vl is not None:
-                val_losses.append(vl)
-                bar.note(f"validation loss {vl:.4f} after step {step} (epoch {step / steps_per_epoch:.2f})")
-                logger.log(step, {"epoch": step / steps_per_epoch, "val_loss": vl}, kind="val")
-            model.train()
-        if (t_cfg.save_every and step % t_cfg.save_every == 0) or step == total_steps:
-            _save(s, optimizer, scheduler, step, g_rows, out)
-            if fault_step and step == fault_step:
-                os.kill(os.getpid(), signal.SIGKILL)
+            local_sum = auto_batch.run(step + 1, micro_steps)
+            if dist.distributed and not cfg.distributed.fsdp:
+                D.all_reduce_grads(dist, params)
+            grad_norm = D.full_tensor(torch.nn.utils.clip_grad_norm_(params, t_cfg.max_grad_norm))
+            # one device-to-host read per step for both numbers the guard below checks
+            loss_total, grad_norm = torch.stack([D.all_reduce_sum(dist, local_sum), grad_norm.detach().double()]).tolist()
+            last_loss = loss_total / max(1, n_sup)
+            check_step(step + 1, last_loss, grad_norm, out)  # the same numbers on every rank: all stop together
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            collector.after_step()
+            step += 1
+            dt = time.perf_counter() - t0
+            peak_gb = None
+            if step % t_cfg.log_every == 0 or step == total_steps:
+                rec = {
+                    "epoch": step / steps_per_epoch,
+                    "loss": last_loss,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "tokens": n_real,
+                    "supervised_tokens": n_sup,
+                    "tokens_per_s": n_real / dt if dt > 0 else 0.0,
+                    "step_time_s": dt,
+                    "peak_mem_gb": D.all_reduce_max(dist, mem.peak_gb()),
+                }
+                nvml = mem.nvml_peak_gb()
+                if nvml is not None:
+                    rec["nvml_peak_gb"] = nvml
+                logger.log(step, rec)
+                peak_gb = rec["peak_mem_gb"]
+            bar.update(1, **_progress_fields(step, steps_per_epoch, last_loss, lr, n_real / dt if dt > 0 else 0.0, peak_gb))
+            if step % steps_per_epoch == 0 or step == total_steps:
+                vl = validation_loss(s, dist)
+                if vl is not None:
+                    val_losses.append(vl)
+                    bar.note(f"validation loss {vl:.4f} after step {step} (epoch {step / steps_per_epoch:.2f})")
+                    logger.log(step, {"epoch": step / steps_per_epoch, "val_loss": vl}, kind="val")
+                model.train()
+            if (t_cfg.save_every and step % t_cfg.save_every == 0) or step == total_steps:
+                _save(s, optimizer, scheduler, step, g_rows, out)
+                if fault_step and step == fault_step:
+                    os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
     adapter = D.trainable_state_dict(model)  # the step-`step` checkpoint held it: checked finite there
     adapter_dir = os.path.join(out, "adapter" if cfg.lora.enabled else "model")  # full fine-tuning: the whole model

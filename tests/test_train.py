@@ -321,6 +321,26 @@ def test_fsdp_shards_the_adapter_and_never_the_frozen_base(tmp_path):
     assert layout["lora_not_sharded"] == []
 
 
+@pytest.mark.parametrize("policy", ["managed", "python"])
+def test_the_loop_runs_python_s_collector_as_train_gc_says(tmp_path, policy):
+    """``managed``: no automatic collection while a step runs (the optimizer's hook sees the
+    collector off), and the collector is back on, nothing frozen, once train() returns."""
+    import gc
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from medslm.trainer import train
+
+    seen: list[bool] = []
+    handle = register_optimizer_step_post_hook(lambda *a, **k: seen.append(gc.isenabled()))
+    try:
+        train(_cfg(tmp_path, "--train.max_steps=3", f"--train.gc={policy}"))
+    finally:
+        handle.remove()
+    assert seen == [policy == "python"] * 3
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+
+
 def test_the_loss_reads_which_logits_to_keep_from_the_host_not_the_device():
     """Which positions are supervised, and how many, come from the collator's host tensors: with
     the model on the meta device (values that cannot be read back) the loss is still built, so
