@@ -64,7 +64,7 @@ def accelerate(model: torch.nn.Module, cfg: Any, device: torch.device) -> dict[s
     """Apply the switches of ``cfg`` (a ``ModelConfig``) to a PEFT-wrapped model, before sharding."""
     report: dict[str, Any] = {}
     if wants_fast_lora(cfg.lora_forward, device):
-        report["fast_lora_modules"] = lora_fast.enable(model)
+        report["fast_lora_modules"] = lora_fast.enable(model, compiled_nf4=cfg.compile and cfg.compile_nf4 == "inductor")
     if wants_liger(cfg.fused_kernels, device, cfg.compile):
         report["liger"] = patch_liger(model)
     if cfg.compile:

@@ -28,6 +28,10 @@ step's profile had those two at 4.7% (memcpy) and 6.7% (the beta=1 GEMM) of devi
 the add into the kernel that consumes the output (RoPE's reshape, GeGLU, the residual add), with
 no copy. ``COMPILED_FORM = "addmm"`` keeps the addmm when compiled (for the bench's comparison).
 
+Inside a compiled layer an NF4 base layer's matmul can also leave bitsandbytes' Python operators
+for ``medslm.nf4``'s dequantisation, which inductor compiles into the graph (``enable(...,
+compiled_nf4=True)``, ``model.compile_nf4: inductor``).
+
 The forward is installed per module (``enable``) and falls back to PEFT's own forward whenever the
 module is not in the plain single-adapter training state (adapters disabled or merged, several
 active adapters, per-call adapter names, DoRA or other variants, a LoRA bias), so PEFT's features
@@ -42,7 +46,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from medslm import nf4
+
 _ORIGINAL = "_medslm_peft_forward"
+_NF4 = "_medslm_compiled_nf4"  # set on modules whose NF4 base dequantises by torch ops when compiled
 # the form traced inside torch.compile: "add" (base + (h @ B^T) * scale, fused downstream) or
 # "addmm" (the eager form); read at trace time, so set it before the first compiled step
 COMPILED_FORM = "add"
@@ -76,7 +83,10 @@ def fast_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> 
     if args or kwargs or self.disable_adapters or self.merged or len(active) != 1 or active[0] not in self.lora_A:
         return getattr(self, _ORIGINAL)(x, *args, **kwargs)
     name = active[0]
-    result = self.base_layer(x)
+    if self.__dict__.get(_NF4) and torch.compiler.is_compiling():
+        result = nf4.linear(self.base_layer, x)  # one inductor kernel, not a Python operator per call
+    else:
+        result = self.base_layer(x)
     a = self.lora_A[name].weight
     b = self.lora_B[name].weight
     xd = self.lora_dropout[name](x)
@@ -88,8 +98,11 @@ def fast_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> 
     return out.view(result.shape)
 
 
-def enable(model: torch.nn.Module) -> int:
-    """Install the fast forward on every eligible LoRA linear layer; returns how many (idempotent)."""
+def enable(model: torch.nn.Module, compiled_nf4: bool = False) -> int:
+    """Install the fast forward on every eligible LoRA linear layer; returns how many (idempotent).
+
+    ``compiled_nf4``: inside a compiled layer, an NF4 base layer's matmul dequantises its weight
+    with ``medslm.nf4`` (``model.compile_nf4: inductor``) instead of bitsandbytes' operator."""
     classes = _lora_classes()
     n = 0
     for module in model.modules():
@@ -98,6 +111,7 @@ def enable(model: torch.nn.Module) -> int:
         if not hasattr(module, _ORIGINAL):
             setattr(module, _ORIGINAL, module.forward)
             module.forward = MethodType(fast_lora_forward, module)
+        module.__dict__[_NF4] = compiled_nf4 and nf4.supported(module.base_layer)
         n += 1
     return n
 
@@ -109,5 +123,6 @@ def disable(model: torch.nn.Module) -> int:
         original = module.__dict__.pop(_ORIGINAL, None)
         if original is not None:
             module.__dict__.pop("forward", None)
+            module.__dict__.pop(_NF4, None)
             n += 1
     return n

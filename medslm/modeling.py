@@ -53,6 +53,10 @@ class ModelConfig:
     # where compiled layers draw LoRA's dropout masks: eager, torch's generator (the same masks as
     # the uncompiled path, so compile on/off is the same run); inductor, its own fused philox draws
     compile_rng: Literal["eager", "inductor"] = "eager"
+    # how compiled layers dequantise NF4 weights (with the fused LoRA forward): inductor, torch ops it
+    # turns into a kernel of its own (no call back into Python per projection, medslm/nf4.py);
+    # bitsandbytes, its own operators
+    compile_nf4: Literal["inductor", "bitsandbytes"] = "inductor"
     fused_kernels: Literal["auto", "liger", "none"] = "auto"  # auto: Liger's kernels on CUDA if installed, unless compiled
     lora_forward: Literal["auto", "fused", "peft"] = "auto"  # auto: medslm/lora_fast.py on CUDA, PEFT's forward on CPU
     trust_remote_code: bool = False  # run Python code shipped with a hub model (off: transformers' own classes only)

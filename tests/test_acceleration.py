@@ -18,15 +18,15 @@ from medslm.trainer import batch_loss_sum
 CPU = torch.device("cpu")
 
 
-def _lora_model(name, quant="nf4", dropout=0.05, fast=False, compiled=False, dtype="auto", backend="inductor", rng="eager"):
+def _lora_model(name, quant="nf4", dropout=0.05, fast=False, compiled=False, dtype="auto", backend="inductor", rng="eager", nf4="inductor"):
     base = load_base_model(ModelConfig(name_or_path=name, quantization=quant, attention="packed", compute_dtype=dtype), CPU)
     torch.manual_seed(0)  # after loading: materialising the embedded model draws from the generator once
     model = apply_lora(base, LoraConfigSection(r=4, alpha=8, dropout=dropout), gradient_checkpointing=True)
     for n, p in model.named_parameters():  # non-zero B so every LoRA weight gets a gradient
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.02)
-    if fast:
-        assert lora_fast.enable(model) > 0
+    if fast:  # as accelerate() does: compiled layers dequantise NF4 with torch ops unless nf4="bitsandbytes"
+        assert lora_fast.enable(model, compiled_nf4=compiled and nf4 == "inductor") > 0
     if compiled:
         assert acceleration.compile_layers(model, backend=backend, rng=rng) == len(decoder_layers(model))
     return model.train()
@@ -43,17 +43,21 @@ def _steps(model, batches):
     return losses, grads
 
 
-def test_compiled_fast_path_matches_eager_in_fp32():
+@pytest.mark.parametrize("nf4", ["inductor", "bitsandbytes"])
+def test_compiled_fast_path_matches_eager_in_fp32(nf4):
     """Inductor-compiled layers + the lean LoRA forward vs PEFT eager: NF4 Gemma 3 (sliding and
-    full layers), dropout 0.05, activation checkpointing, a packed step forward and backward.
-    With model.compile_rng's default (eager) the compiled layers draw the same dropout masks as
-    the eager ones, so compile on/off is the same run: nothing here patches inductor's config."""
+    full layers), dropout 0.05, activation checkpointing, a packed step forward and backward, with
+    the NF4 weights dequantised by medslm.nf4 inside the graph (model.compile_nf4's default) or by
+    bitsandbytes' operators. With model.compile_rng's default (eager) the compiled layers draw the
+    same dropout masks as the eager ones, so compile on/off is the same run: nothing here patches
+    inductor's config."""
+    assert ModelConfig().compile_nf4 == "inductor"
     assert ModelConfig().compile_rng == "eager"
     batches = [PackedCollator(64, 0)([answer_examples([11, 25, 6]), answer_examples([30, 20], seed=1)])]
     eager_losses, eager_grads = _steps(_lora_model("embedded:tiny-gemma3"), batches)
     graphs = acceleration.compile_report()["graphs"]
     assert not torch._inductor.config.fallback_random  # set per compiled function, not process-wide
-    fast_losses, fast_grads = _steps(_lora_model("embedded:tiny-gemma3", fast=True, compiled=True), batches)
+    fast_losses, fast_grads = _steps(_lora_model("embedded:tiny-gemma3", fast=True, compiled=True, nf4=nf4), batches)
     assert not torch._inductor.config.fallback_random
     assert acceleration.compile_report()["graphs"] > graphs  # the layers really were compiled
     assert fast_losses[0] == pytest.approx(eager_losses[0], rel=1e-4)
