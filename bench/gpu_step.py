@@ -38,8 +38,10 @@ from __future__ import annotations
 
 import argparse
 import glob
+import gzip
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -77,6 +79,16 @@ CONFIGS: dict[str, dict] = {
     # "fast" with the LoRA B-matmul traced as an addmm (the eager form): ATen copies each base
     # output before the GEMM; the default traces an mm and an add that inductor fuses downstream
     "fast_addmm": dict(compile=True, fused_kernels="none", lora_forward="fused", compiled_lora="addmm"),
+    # "fast" with bitsandbytes' own operators for the NF4 matmuls inside compiled layers (a Python
+    # call per projection) instead of medslm.nf4's dequantisation compiled into the graph
+    "fast_bnb": dict(compile=True, fused_kernels="none", lora_forward="fused", compile_nf4="bitsandbytes"),
+    # "fast" with Python's collector left to itself (train.gc=python) rather than run between steps
+    "fast_pygc": dict(compile=True, fused_kernels="none", lora_forward="fused", gc="python"),
+    # "fast" with inductor's C++ wrapper (the generated code that launches each compiled layer's
+    # kernels runs as C++, not Python): an experiment on the host time per layer call. On the H100
+    # with torch 2.11 its code generation stopped at a fallback operator with an int-list argument
+    # ("arg type List[int] is not yet supported by custom_op_wrapper"), BENCHMARKS.md
+    "fast_cpp": dict(compile=True, fused_kernels="none", lora_forward="fused", inductor={"cpp_wrapper": True}),
 }
 PEERS = ("trl", "trl_liger")
 # rows x tokens per step: the paper's 4 x 2048 at the real shape; CPUs get a lighter step
@@ -107,9 +119,11 @@ def train_config(spec: dict):
         f"--model.compute_dtype={spec['dtype']}",
         f"--model.compile={str(lever['compile']).lower()}",
         f"--model.compile_rng={lever.get('compile_rng', 'eager')}",
+        f"--model.compile_nf4={lever.get('compile_nf4', 'inductor')}",
         f"--model.fused_kernels={lever['fused_kernels']}",
         f"--model.lora_forward={lever['lora_forward']}",
         f"--lora.dropout={lever.get('dropout', 0.05)}",
+        f"--train.gc={lever.get('gc', 'managed')}",
         *data_args(spec["seq_len"]),
         f"--train.micro_batch_size={spec['micro_batch']}",
         "--train.grad_accum=1",
@@ -134,7 +148,7 @@ DEQUANT = ("dequant",)
 
 def kernel_class(name: str) -> str:
     n = name.lower()
-    if "dequant" in n:
+    if "dequant" in n or ("triton" in n and "rshift" in n and "bitwise_and" in n):  # medslm.nf4's kernel: unpacks nibbles
         return "nf4_dequant"
     if any(k in n for k in ATTENTION) and "gemm" not in n:
         return "attention"
@@ -158,9 +172,15 @@ class StepProfiler:
 
         self.handle = register_optimizer_step_post_hook(lambda *a, **k: self.prof.step())
 
-    def close(self) -> dict:
+    def close(self, trace: str | None = None) -> dict:
         self.handle.remove()
         self.prof.__exit__(None, None, None)
+        if trace:  # the timeline (host ops, launches, kernels), for reading gaps between kernels
+            raw = Path(trace).with_suffix("")
+            self.prof.export_chrome_trace(str(raw))
+            with open(raw, "rb") as src, gzip.open(trace, "wb", compresslevel=6) as dst:
+                shutil.copyfileobj(src, dst)
+            raw.unlink()
         from torch.autograd import DeviceType
 
         totals: dict[str, float] = {}
@@ -196,6 +216,47 @@ class StepProfiler:
 # ---------------------------------------------------------------------------------------------
 
 
+class GcTimer:
+    """Time inside Python's cyclic collector, per optimizer step (``gc.callbacks``)."""
+
+    def __init__(self):
+        import gc
+
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self.total = {0: [0, 0.0], 1: [0, 0.0], 2: [0, 0.0]}  # generation -> [collections, seconds]
+        self.per_step: list[dict] = []
+        self._t = 0.0
+        gc.callbacks.append(self._cb)
+        self.handle = register_optimizer_step_post_hook(lambda *a, **k: self.per_step.append({g: list(v) for g, v in self.total.items()}))
+
+    def _cb(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+        else:
+            rec = self.total[info["generation"]]
+            rec[0] += 1
+            rec[1] += time.perf_counter() - self._t
+
+    def close(self, first: int, last: int) -> dict:
+        """Collections and milliseconds per step over optimizer steps ``first+1 .. last``."""
+        import gc
+
+        gc.callbacks.remove(self._cb)
+        self.handle.remove()
+        if len(self.per_step) < 2:
+            return {}
+        last = min(last, len(self.per_step))
+        first = max(1, min(first, last - 1))
+        a, b = self.per_step[first - 1], self.per_step[last - 1]
+        n = last - first
+        return {
+            "gc_ms_per_step": round(sum(b[g][1] - a[g][1] for g in b) * 1e3 / n, 2),
+            "gc_collections_per_step": {f"gen{g}": round((b[g][0] - a[g][0]) / n, 2) for g in b},
+            "gc_full_ms_max_step": round(max((y[2][1] - x[2][1]) * 1e3 for x, y in zip(self.per_step, self.per_step[1:])), 1),
+        }
+
+
 def child_medslm(spec: dict) -> dict:
     import torch
 
@@ -207,11 +268,16 @@ def child_medslm(spec: dict) -> dict:
         from medslm import lora_fast
 
         lora_fast.COMPILED_FORM = CONFIGS[spec["name"]]["compiled_lora"]
+    for key, value in CONFIGS[spec["name"]].get("inductor", {}).items():  # process-wide, in this child only
+        import torch._inductor.config
+
+        setattr(torch._inductor.config, key, value)
     prof = StepProfiler(spec["steps"] - 2, 2, cuda) if spec.get("profile") else None
+    gct = GcTimer()
     t0 = time.perf_counter()
     result = train(cfg)
     wall = time.perf_counter() - t0
-    profile = prof.close() if prof else None
+    profile = prof.close(spec.get("trace")) if prof else None
     recs = [json.loads(line) for line in (Path(result["output_dir"]) / "metrics.jsonl").read_text().splitlines()]
     recs = [r for r in recs if r["kind"] == "train"]
     last = len(recs) - (2 if prof else 0)
@@ -222,12 +288,14 @@ def child_medslm(spec: dict) -> dict:
         "timed_steps": len(timed),
         "tokens_per_step": sum(r["tokens"] for r in timed) / max(1, len(timed)),
         "tokens_per_s": sum(r["tokens"] for r in timed) / sum(r["step_time_s"] for r in timed),
+        "median_tokens_per_s": statistics.median(r["tokens"] / r["step_time_s"] for r in timed),
         "step_s": [round(r["step_time_s"], 4) for r in recs],
         "losses": [r["loss"] for r in recs],
         "peak_gb": max(r["peak_mem_gb"] for r in recs),
         "first_step_s": recs[0]["step_time_s"],
         "wall_s": wall,
         "acceleration": result.get("acceleration", {}),
+        **gct.close(spec["skip"], last),
     }
     if profile:
         # the device's idle time per step: the median unprofiled step minus the profiled kernels'
@@ -427,7 +495,7 @@ def summarise(results: dict, a: argparse.Namespace, meta: dict) -> dict:
         if "error" in r:
             cfgs[name] = {"error": r["error"]}
             continue
-        c = {k: (round(r[k], 4) if isinstance(r.get(k), float) else r.get(k)) for k in ("tokens_per_s", "peak_gb", "first_step_s", "timed_steps", "tokens_per_step", "wall_s")}
+        c = {k: (round(r[k], 4) if isinstance(r.get(k), float) else r.get(k)) for k in ("tokens_per_s", "median_tokens_per_s", "peak_gb", "first_step_s", "timed_steps", "tokens_per_step", "wall_s", "gc_ms_per_step", "gc_collections_per_step", "gc_full_ms_max_step")}
         if base:
             c["vs_eager"] = round(r["tokens_per_s"] / base["tokens_per_s"], 3)
         if peer:
@@ -449,6 +517,7 @@ def main() -> None:
     ap.add_argument("--parity", default="eager,fast", help="configurations that run --parity-steps and are compared with eager")
     ap.add_argument("--parity-steps", type=int, default=20)
     ap.add_argument("--profile", default="eager,fast", help="configurations profiled over two extra steps")
+    ap.add_argument("--trace", default="", help="profiled configurations whose timelines are saved as trace_<name>.json.gz")
     ap.add_argument("--headline", default="fast", help="the configuration reported as medslm_tokens_per_s")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per configuration")
     ap.add_argument("--model-dir", help="reuse a model folder made by an earlier run")
@@ -503,7 +572,8 @@ def main() -> None:
                 steps = a.steps + (2 if profile else 0)
             spec = {
                 "name": name, "micro_batch": micro_batch, "seq_len": seq_len, "model_dir": model_dir, "steps": steps, "skip": a.skip,
-                "profile": profile, "dtype": "bfloat16" if cuda else "float32", "work": str(Path(tmp) / name),
+                "profile": profile, "trace": str(out_dir / f"trace_{name}.json.gz") if profile and name in a.trace.split(",") else None,
+                "dtype": "bfloat16" if cuda else "float32", "work": str(Path(tmp) / name),
             }
             r = run_child(name, spec, out_dir, a.timeout)
             results[name] = r

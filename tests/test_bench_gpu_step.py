@@ -19,7 +19,7 @@ def test_gpu_step_bench_runs_medslm_and_trl_on_the_same_items(tmp_path):
     pytest.importorskip("trl")
     cmd = [sys.executable, "bench/gpu_step.py", "--shape", "tiny", "--configs", "eager,lora,trl", "--steps", "3",
            "--skip", "1", "--parity", "eager,lora", "--parity-steps", "3", "--profile", "lora", "--headline", "lora",
-           "--out", str(tmp_path / "out")]
+           "--trace", "lora", "--out", str(tmp_path / "out")]
     env = {**os.environ, "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -43,6 +43,16 @@ def test_gpu_step_bench_runs_medslm_and_trl_on_the_same_items(tmp_path):
     assert 0 < out["matmul_share"] < 1 and out["matmul_share"] == prof["shares"]["matmul"]
     # the unprofiled timed steps (2 and 3 of 3 + 2 profiled): their median step time, in ms
     assert prof["median_step_ms"] == pytest.approx(1e3 * statistics.median(runs["lora"]["step_s"][1:3]), abs=0.1)
+    # the profiled timeline comes back for reading the gaps between kernels; the unprofiled run has none
+    import gzip
+
+    trace = json.loads(gzip.open(tmp_path / "out" / "trace_lora.json.gz").read())
+    assert any(e.get("name", "").startswith("aten::mm") for e in trace["traceEvents"])
+    assert not (tmp_path / "out" / "trace_eager.json.gz").exists()
+    # time in Python's collector per timed step, per generation
+    for name in ("eager", "lora"):
+        assert runs[name]["gc_ms_per_step"] >= 0 and set(runs[name]["gc_collections_per_step"]) == {"gen0", "gen1", "gen2"}
+        assert cfgs[name]["median_tokens_per_s"] > 0
 
 
 def test_gpu_step_bench_refuses_a_configuration_named_twice(tmp_path):
