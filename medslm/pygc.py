@@ -19,7 +19,8 @@ collector time is step time.
   generations (the step's own garbage cycles), and every ``FULL_EVERY`` steps a full one (cheap:
   the frozen objects are skipped);
 - on leaving the loop (normally or by an error) the collector is put back as it was and the
-  frozen objects are released to it.
+  frozen objects are released to it (unless the caller had frozen objects of its own before:
+  ``gc.unfreeze`` would release those too, so everything then stays frozen).
 
 Memory is still freed by reference counting at once; only objects in reference cycles wait for
 the collection between steps. ``python`` leaves the collector alone (what the loop did before).
@@ -79,11 +80,14 @@ def managed_collector(policy: str) -> Iterator[StepCollector]:
     """The loop's collector policy; restores the collector's state on exit, whatever happens."""
     collector = StepCollector(policy)
     was_enabled = gc.isenabled()
+    # objects the caller froze itself stay frozen: unfreeze() cannot tell theirs from ours
+    caller_froze = gc.get_freeze_count() > 0
     try:
         collector.start()
         yield collector
     finally:
         if collector.managed:
-            gc.unfreeze()
+            if not caller_froze:
+                gc.unfreeze()
             if was_enabled:
                 gc.enable()

@@ -60,6 +60,17 @@ def test_an_error_in_the_loop_still_restores_the_collector():
     assert gc.isenabled() and gc.get_freeze_count() == 0
 
 
+def test_objects_the_caller_froze_stay_frozen():
+    gc.freeze()
+    try:
+        before = gc.get_freeze_count()
+        with pygc.managed_collector("managed") as collector:
+            collector.after_step()
+        assert gc.get_freeze_count() >= before > 0 and gc.isenabled()
+    finally:
+        gc.unfreeze()
+
+
 def test_an_unknown_policy_is_refused_by_name():
     with pytest.raises(ConfigError, match="train.gc: 'off' is not one of managed, python"):
         pygc.StepCollector("off")
