@@ -5,8 +5,9 @@ bitsandbytes runs a 4-bit layer's matmul as its own operator (``bitsandbytes::ge
 torch, which a compiled layer calls back into for each of its seven adapted projections. On one
 H100 at MedGemma 4B's shape the compiled step is limited by the host, not the GPU (its kernels
 take 400 ms of a 480 ms step; cutting 36 ms of kernels left the step time where it was), and
-those calls were the largest piece of host time inside the compiled layers after inductor's own
-wrapper: a profiled step spent ~0.2 ms per ``gemm_4bit`` call, 476 calls a step.
+those calls were among the largest pieces of host time inside the compiled layers, next to
+inductor's and AOTAutograd's wrappers: a profiled step spent ~0.2 ms per ``gemm_4bit`` call,
+476 calls a step.
 
 Here the same arithmetic is written as tensor ops, so inductor generates one kernel for it and
 launches it from the compiled graph like any other:
@@ -21,15 +22,16 @@ layer's dequantised weights until its backward is done (inductor's choice; under
 checkpointing that is one layer's weights at a time).
 
 Measured on one H100 at that shape (BENCHMARKS.md, call 4): the same step time as with
-bitsandbytes' operators (18,378 against 18,465 tokens/s by median step: the host time went
-elsewhere), half the dequantisation kernel time (1.9% of kernel time against 3.6%), and 0.14 GB
-more peak memory. It is the default because the GPU tests pass on it, the compiled step with
-dropout included.
+bitsandbytes' operators (18,378 against 18,465 tokens/s by median step: the step stays bound by
+the rest of the host work), half the dequantisation kernel time (1.9% of kernel time against
+3.6%), and 0.14 GB more peak memory. It is the default because the GPU tests pass on it, the
+compiled step with dropout included.
 
 It runs inside the fused LoRA forward (``lora_fast``), so it needs ``model.lora_forward`` fused
-(``auto`` on CUDA). Eager (uncompiled) layers keep bitsandbytes' kernels; on CPU and in fp32 this function equals
-``bitsandbytes.functional.dequantize_4bit`` exactly (``tests/test_nf4.py``); compiled, inductor may
-fuse the double-quantisation multiply-add, a last-bit difference in fp32 before the bf16 round.
+(``auto`` on CUDA). Eager (uncompiled) layers keep bitsandbytes' kernels. On CPU and in fp32 this
+function equals ``bitsandbytes.functional.dequantize_4bit`` exactly, and on CUDA in bf16 too
+(``tests/test_nf4.py``, ``tests/test_gpu.py``); compiled, inductor may fuse the
+double-quantisation multiply-add, a last-bit difference in fp32 before the bf16 round.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def dequantize(weight: torch.Tensor, state: Any, dtype: torch.dtype) -> torch.Te
     """The ``[out, in]`` weight in ``dtype`` from its packed NF4 bytes and quantisation state."""
     packed = weight.reshape(-1)
     nibbles = torch.stack([packed >> 4, packed & 0xF], dim=-1).reshape(-1).long()
-    n = state.shape.numel() if isinstance(state.shape, torch.Size) else int(torch.Size(state.shape).numel())
+    n = torch.Size(state.shape).numel()
     values = state.code[nibbles[:n]]  # fp32, as bitsandbytes' kernels compute
     scale = absmax(state)
     blocksize = state.blocksize
