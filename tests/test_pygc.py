@@ -76,9 +76,13 @@ def test_an_unknown_policy_is_refused_by_name():
         pygc.StepCollector("off")
 
 
-def test_train_gc_is_checked_with_the_config():
+def test_train_gc_is_checked_with_the_config_naming_where_it_came_from(tmp_path):
     from medslm.config import parse_config
     from medslm.train_config import TrainConfig
 
-    with pytest.raises(ConfigError, match="train.gc must be one of managed, python, got 'off'"):
+    with pytest.raises(ConfigError, match=r"--train.gc\): 'train.gc' must be one of \['managed', 'python'\], got 'off'"):
         parse_config(TrainConfig, ["--train.gc=off"]).validate()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  gc: collect\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: 'train.gc' must be one of \['managed', 'python'\], got 'collect'"):
+        parse_config(TrainConfig, ["--config", str(bad)]).validate()
