@@ -1,6 +1,7 @@
 """The GPU fast path: regional ``torch.compile``, Liger's fused kernels, the lean LoRA forward.
 
-Three switches in the ``model`` section (and ``compile_rng``), each measured on its own in ``bench/gpu_step.py``:
+Three switches in the ``model`` section (and ``compile_rng`` / ``compile_nf4``, which shape the
+compiled path), each measured on its own in ``bench/gpu_step.py``:
 
 - ``model.compile``: ``torch.compile`` of each decoder layer's ``forward`` (regional compilation).
   Layers of one class share one compiled function, so the graph is traced once per distinct layer

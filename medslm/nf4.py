@@ -23,8 +23,9 @@ checkpointing that is one layer's weights at a time).
 
 Measured on one H100 at that shape (BENCHMARKS.md, call 4): the same step time as with
 bitsandbytes' operators (18,378 against 18,465 tokens/s by median step: the step stays bound by
-the rest of the host work), half the dequantisation kernel time (1.9% of kernel time against
-3.6%), and 0.14 GB more peak memory. It is the default because the GPU tests pass on it, the
+the rest of the host work), about the same dequantisation kernel time (3.4% of kernel time
+against 3.6%; 476 dequantisation kernels a step, for the forward and the recompute, none in
+backward: inductor keeps the recompute's weights for it), and 0.14 GB more peak memory. It is the default because the GPU tests pass on it, the
 compiled step with dropout included.
 
 It runs inside the fused LoRA forward (``lora_fast``), so it needs ``model.lora_forward`` fused
