@@ -32,6 +32,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from medslm.transfer import to_device
+
 ATTN_NAME = "medslm_packed"
 
 
@@ -198,10 +200,10 @@ def packed_forward_kwargs(batch: dict[str, Any], device: torch.device | str) -> 
     """Model-forward keywords for a PackedCollator batch, flattened to one row of B x T tokens."""
     ids = batch["input_ids"]
     _check_cu_seqlens(batch["cu_seqlens"], ids.numel())  # on the host, before the transfer
-    cu = batch["cu_seqlens"].to(device=device, dtype=torch.int32)
+    cu = to_device(batch["cu_seqlens"], device, torch.int32)  # queued: no host wait (medslm.transfer)
     return {
-        "input_ids": ids.reshape(1, -1).to(device),
-        "position_ids": batch["position_ids"].reshape(1, -1).to(device),
+        "input_ids": to_device(ids.reshape(1, -1), device),
+        "position_ids": to_device(batch["position_ids"].reshape(1, -1), device),
         "cu_seq_lens_q": cu,
         "cu_seq_lens_k": cu,
         "max_length_q": int(batch["max_seqlen"]),

@@ -47,6 +47,7 @@ from medslm.resume import find_checkpoint, restore, rng_state
 from medslm.run_dir import open_run_dir
 from medslm.tokenizer import load_tokenizer, pad_token_id, tokenizer_fingerprint
 from medslm.train_config import TrainConfig
+from medslm.transfer import to_device
 
 Row = list[dict[str, list[int]]]
 
@@ -103,21 +104,21 @@ def batch_loss_sum(model: Any, batch: dict[str, Any], packed: bool, device: torc
         if keep.numel() == 0:  # a null row: run the graph so every rank takes part in FSDP collectives
             keep = torch.zeros(1, dtype=torch.long)
         targets = flat[keep + 1]
-        logits = model(**kwargs, logits_to_keep=keep.to(device)).logits[0]  # [K, V]
+        # every transfer is queued before the forward (medslm.transfer): one after it would make the
+        # host wait for the whole forward and start the backward with no lead over the device
+        kwargs["logits_to_keep"] = to_device(keep, device)
     else:
         shifted = labels[:, 1:] != -100
         cols = torch.nonzero(shifted.any(dim=0)).squeeze(-1)
         if cols.numel() == 0:
             cols = torch.zeros(1, dtype=torch.long)
-        logits = model(
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
-            position_ids=batch["position_ids"].to(device),
-            logits_to_keep=cols.to(device),
-        ).logits  # [B, K, V]
         targets = labels[:, cols + 1].reshape(-1)
-        logits = logits.reshape(-1, logits.shape[-1])
-    loss = F.cross_entropy(logits.float(), targets.to(device), ignore_index=-100, reduction="sum")
+        kwargs = {k: to_device(batch[k], device) for k in ("input_ids", "attention_mask", "position_ids")}
+        kwargs["logits_to_keep"] = to_device(cols, device)
+    targets_d = to_device(targets, device)
+    logits = model(**kwargs).logits
+    logits = logits[0] if packed else logits.reshape(-1, logits.shape[-1])  # [K, V]
+    loss = F.cross_entropy(logits.float(), targets_d, ignore_index=-100, reduction="sum")
     return loss, int((targets != -100).sum())
 
 
