@@ -83,6 +83,15 @@ def all_reduce_sum(state: DistState, value: torch.Tensor) -> torch.Tensor:
     return buf.to(value.device)
 
 
+def all_reduce_max_tensor(state: DistState, value: torch.Tensor) -> torch.Tensor:
+    """Element-wise max over ranks, on the device ``value`` came from; nothing is read back."""
+    if not state.distributed:
+        return value
+    buf = value.detach().to(_comm_device(state), copy=True)
+    dist.all_reduce(buf, op=dist.ReduceOp.MAX)
+    return buf.to(value.device)
+
+
 def all_reduce_max(state: DistState, value: float) -> float:
     if not state.distributed:
         return value

@@ -22,6 +22,7 @@ from medslm import distributed as D
 from medslm.checkpoint import Checkpoint, CheckpointError, list_checkpoints, load_checkpoint
 from medslm.cli import UserError
 from medslm.config import to_dict
+from medslm.optimizer import for_optimizer
 from medslm.train_config import RESUME_MAY_CHANGE, TrainConfig
 
 
@@ -102,7 +103,8 @@ def restore(cfg: TrainConfig, ckpt: Checkpoint, dist: D.DistState, model: Any, o
     """Check and load a checkpoint into the model, optimizer, scheduler and RNG; returns its step."""
     changed = check_resume(cfg, ckpt, dist.world_size)
     D.load_trainable_state_dict(model, ckpt.adapter)
-    D.load_optimizer_state(model, optimizer, ckpt.state["optimizer"], dist)
+    # under this run's train.adamw, whichever implementation wrote the checkpoint
+    D.load_optimizer_state(model, optimizer, for_optimizer(ckpt.state["optimizer"], optimizer), dist)
     scheduler.load_state_dict(ckpt.state["scheduler"])
     same_world = ckpt.state["world_size"] == dist.world_size
     if same_world:

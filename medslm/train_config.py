@@ -37,6 +37,7 @@ class TrainSection:
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True  # a bar on a terminal, a plain line every log_every steps in a log; false: neither
     auto_micro_batch: bool = False  # on CUDA OOM in the first steps: halve micro_batch_size, multiply grad_accum (same global batch)
+    adamw: Literal["auto", "fused", "unfused"] = "auto"  # auto: fused on CUDA (the nan guard on the device, the host one step ahead; medslm.optimizer), unfused elsewhere
     gc: Literal["managed", "python"] = "managed"  # managed: Python's cyclic collector runs between steps, not inside them (medslm.pygc) | python
 
     def validate(self) -> None:
@@ -108,6 +109,7 @@ RESUME_MAY_CHANGE = (
     "train.grad_accum",
     "train.auto_micro_batch",
     "train.gc",
+    "train.adamw",
     "train.save_every",
     "train.keep_checkpoints",
     "train.output_dir",

@@ -41,6 +41,7 @@ from medslm.metrics import MetricsLogger, PeakMemory
 from medslm.modeling import AdapterPrecision, apply_lora, decoder_layers, embedded_tokenizer_for, load_base_model
 from medslm.multimodal import rename_saved_adapter
 from medslm.numerics import check_adapter, check_step
+from medslm.optimizer import StepNumbers, StepReadback, build_adamw
 from medslm.packing import PackedCollator, PaddedCollator
 from medslm.pygc import managed_collector
 from medslm.resume import find_checkpoint, restore, rng_state
@@ -238,7 +239,7 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool, ckpt: Checkpoint
     s = build(cfg, dist)
     model = s.model
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t_cfg.lr, betas=tuple(t_cfg.adam_betas), weight_decay=t_cfg.weight_decay)
+    optimizer = build_adamw(params, t_cfg, dist.device)
     g_rows = t_cfg.micro_batch_size * t_cfg.grad_accum * dist.world_size
     steps_per_epoch = math.ceil(len(s.rows) / g_rows)
     total_steps = t_cfg.max_steps or steps_per_epoch * t_cfg.epochs
@@ -271,6 +272,25 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool, ckpt: Checkpoint
     fault_step = int(os.environ.get("MEDSLM_FAULT_AT_STEP", "0"))  # tests: SIGKILL after this checkpoint
     last_loss = float("nan")
     val_losses: list[float] = []
+    readback = StepReadback(optimizer, dist.device)  # unfused AdamW: each step's numbers now; fused: a step later
+
+    def finish(n: StepNumbers) -> None:
+        """A step's numbers have reached the host: check them (raise on nan/inf), log them."""
+        nonlocal last_loss
+        last_loss = n.loss_sum / max(1, n.host["supervised_tokens"])
+        check_step(n.step, last_loss, n.grad_norm, out)  # the same numbers on every rank: all stop together
+        tok_s = n.host["tokens"] / n.step_time_s if n.step_time_s > 0 else 0.0
+        if n.step % t_cfg.log_every == 0 or n.step == total_steps:
+            rec = {"epoch": n.step / steps_per_epoch, "loss": last_loss, "lr": n.host["lr"], "grad_norm": n.grad_norm,
+                   "tokens": n.host["tokens"], "supervised_tokens": n.host["supervised_tokens"], "tokens_per_s": tok_s,
+                   "step_time_s": n.step_time_s, "peak_mem_gb": n.peak_gb}
+            nvml = mem.nvml_peak_gb()
+            if nvml is not None:
+                rec["nvml_peak_gb"] = nvml
+            logger.log(n.step, rec)
+        bar.update(1, **_progress_fields(n.step, steps_per_epoch, last_loss, n.host["lr"], tok_s,
+                                         n.peak_gb if n.step % t_cfg.log_every == 0 or n.step == total_steps else None))
+
     step = start_step
     model.train()
     with managed_collector(t_cfg.gc) as collector:  # Python's collector between steps, not inside them
@@ -280,10 +300,9 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool, ckpt: Checkpoint
             step_idx = order[in_epoch * g_rows : (in_epoch + 1) * g_rows]
             n_sup = sum(row_sup[i] for i in step_idx)  # the whole global batch, every rank alike
             n_real = sum(row_real[i] for i in step_idx)
-            t0 = time.perf_counter()
 
             def micro_steps() -> torch.Tensor:  # read micro_batch_size/grad_accum here: auto_micro_batch may change them
-                # the loss sum stays on the device: the step's one read-back comes after clipping
+                # the loss sum stays on the device: the host reads it with the gradient norm (StepReadback)
                 local_sum = torch.zeros((), dtype=torch.float64, device=dist.device)
                 for idx in step_slices(order, in_epoch, t_cfg.micro_batch_size, t_cfg.grad_accum, dist.world_size, dist.rank):
                     rows = [s.rows[i] for i in idx] or [_null_row(s.pad)]
@@ -299,47 +318,34 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool, ckpt: Checkpoint
             if dist.distributed and not cfg.distributed.fsdp:
                 D.all_reduce_grads(dist, params)
             grad_norm = D.full_tensor(torch.nn.utils.clip_grad_norm_(params, t_cfg.max_grad_norm))
-            # one device-to-host read per step for both numbers the guard below checks
-            loss_total, grad_norm = torch.stack([D.all_reduce_sum(dist, local_sum), grad_norm.detach().double()]).tolist()
-            last_loss = loss_total / max(1, n_sup)
-            check_step(step + 1, last_loss, grad_norm, out)  # the same numbers on every rank: all stop together
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
+            peak = torch.full((), mem.peak_gb(), dtype=torch.float64, device=dist.device)  # a fill, not a copy: no wait
+            values = torch.stack([D.all_reduce_sum(dist, local_sum), grad_norm.detach().double(), D.all_reduce_max_tensor(dist, peak)])
+            host = {"tokens": n_real, "supervised_tokens": n_sup, "lr": scheduler.get_last_lr()[0]}
+            for numbers in readback.submit(step + 1, values, host):  # unfused: this step, checked before its update
+                finish(numbers)
+            optimizer.step()  # fused: skipped on the device if this step's numbers are not finite
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             collector.after_step()
             step += 1
-            dt = time.perf_counter() - t0
-            peak_gb = None
-            if step % t_cfg.log_every == 0 or step == total_steps:
-                rec = {
-                    "epoch": step / steps_per_epoch,
-                    "loss": last_loss,
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "tokens": n_real,
-                    "supervised_tokens": n_sup,
-                    "tokens_per_s": n_real / dt if dt > 0 else 0.0,
-                    "step_time_s": dt,
-                    "peak_mem_gb": D.all_reduce_max(dist, mem.peak_gb()),
-                }
-                nvml = mem.nvml_peak_gb()
-                if nvml is not None:
-                    rec["nvml_peak_gb"] = nvml
-                logger.log(step, rec)
-                peak_gb = rec["peak_mem_gb"]
-            bar.update(1, **_progress_fields(step, steps_per_epoch, last_loss, lr, n_real / dt if dt > 0 else 0.0, peak_gb))
-            if step % steps_per_epoch == 0 or step == total_steps:
+            epoch_end = step % steps_per_epoch == 0 or step == total_steps
+            saving = (t_cfg.save_every and step % t_cfg.save_every == 0) or step == total_steps
+            if epoch_end or saving:  # a checkpoint's step, and the steps before a validation pass, are checked first
+                for numbers in readback.flush():
+                    finish(numbers)
+            if epoch_end:
                 vl = validation_loss(s, dist)
                 if vl is not None:
                     val_losses.append(vl)
                     bar.note(f"validation loss {vl:.4f} after step {step} (epoch {step / steps_per_epoch:.2f})")
                     logger.log(step, {"epoch": step / steps_per_epoch, "val_loss": vl}, kind="val")
                 model.train()
-            if (t_cfg.save_every and step % t_cfg.save_every == 0) or step == total_steps:
+            if saving:
                 _save(s, optimizer, scheduler, step, g_rows, out)
                 if fault_step and step == fault_step:
                     os.kill(os.getpid(), signal.SIGKILL)
+            if epoch_end or saving:
+                readback.pause_ended()
     bar.close()
     adapter = D.trainable_state_dict(model)  # the step-`step` checkpoint held it: checked finite there
     adapter_dir = os.path.join(out, "adapter" if cfg.lora.enabled else "model")  # full fine-tuning: the whole model

@@ -3,6 +3,8 @@ path (compiled layers, Liger kernels, the fused LoRA forward) tracks eager in bf
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -122,3 +124,42 @@ def test_nf4_dequantisation_by_torch_ops_equals_bitsandbytes_on_cuda():
     assert torch.equal(nf4.dequantize(q, state, torch.bfloat16), want)
     got = torch.compile(lambda t: nf4.dequantize(t, state, torch.bfloat16))(q)
     torch.testing.assert_close(got, want, rtol=2**-7, atol=0.0)
+
+
+def test_a_training_step_queues_without_waiting_for_the_device_on_cuda():
+    """A micro-step (its transfers, forward, loss, backward), clipping and fused AdamW's guarded
+    update, with the step's numbers handed to StepReadback, under torch's sync debug mode: any
+    operation that makes the host wait for the device raises. A wait in one of them costs the
+    host its lead: it then idles through every step boundary (medslm.transfer, medslm.optimizer)."""
+    from medslm.optimizer import StepReadback
+
+    model, precision = _cuda_lora("embedded:tiny-gemma3", fast=True, dropout=0.1)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
+    readback = StepReadback(opt, torch.device("cuda"))
+    g = torch.Generator().manual_seed(0)
+    exs = [{"input_ids": torch.randint(3, 4096, (n,), generator=g).tolist(), "labels": [-100] * (n - 3) + [5, 6, 7]} for n in (16, 9, 12)]
+    batch = PackedCollator(48, 0)([exs])
+
+    def step(n: int) -> None:
+        from medslm.trainer import batch_loss_sum
+
+        with precision.step():
+            with precision.forward():
+                loss, count = batch_loss_sum(model, batch, True, torch.device("cuda"))
+            (loss / count).backward()
+        norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        values = torch.stack([loss.detach().double(), norm.double(), torch.full((), 1.0, dtype=torch.float64, device="cuda")])
+        readback.submit(n, values, {})
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step(1)  # first use: the optimizer's state, cuBLAS handles, the allocator's first blocks
+    (first,) = readback.flush()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step(2)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    (second,) = readback.flush()
+    assert first.step == 1 and second.step == 2 and math.isfinite(second.loss_sum)

@@ -90,11 +90,14 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
         assert b[step] == pytest.approx(a[step], rel=1e-4)
 
 
-@pytest.mark.parametrize("fsdp,dtype,rel", [("true", "float32", 1e-4), ("false", "float32", 1e-4), ("true", "bfloat16", 2e-2)])
-def test_two_ranks_equal_one_rank_with_twice_the_accumulation(tmp_path, fsdp, dtype, rel):
-    """bf16 (the GPU default: NF4 base and adapter computing in bf16 under FSDP) within bf16 noise."""
+@pytest.mark.parametrize("fsdp,dtype,rel,adamw", [("true", "float32", 1e-4, "auto"), ("false", "float32", 1e-4, "auto"),
+                                                ("true", "bfloat16", 2e-2, "auto"), ("true", "float32", 1e-4, "fused")])
+def test_two_ranks_equal_one_rank_with_twice_the_accumulation(tmp_path, fsdp, dtype, rel, adamw):
+    """bf16 (the GPU default: NF4 base and adapter computing in bf16 under FSDP) within bf16 noise;
+    fused AdamW (the GPU default: sharded DTensor moments, the nan guard on the device, each step's
+    numbers read a step late) as its unfused twin."""
     common = [*FAST, "--train.max_steps=5", "--lora.dropout=0.0", "--train.save_every=0", f"--distributed.fsdp={fsdp}",
-              f"--model.compute_dtype={dtype}"]
+              f"--model.compute_dtype={dtype}", f"--train.adamw={adamw}"]
     one = _run_cli([*common, "--train.grad_accum=2", f"--train.output_dir={tmp_path / 'one'}"])
     assert one.returncode == 0, one.stderr[-2000:]
     two = _run_cli([*common, "--train.grad_accum=1", f"--train.output_dir={tmp_path / 'two'}"], nproc=2)
