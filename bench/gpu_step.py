@@ -89,10 +89,12 @@ CONFIGS: dict[str, dict] = {
     # with torch 2.11 its code generation stopped at a fallback operator with an int-list argument
     # ("arg type List[int] is not yet supported by custom_op_wrapper"), BENCHMARKS.md
     "fast_cpp": dict(compile=True, fused_kernels="none", lora_forward="fused", inductor={"cpp_wrapper": True}),
-    # host-time experiments for the next GPU call (BENCHMARKS.md, "Host time of one profiled step"),
-    # set up in the child only: torch's fused AdamW (one kernel per parameter group, not foreach
-    # launches over 476 tensors); dynamo's guards left unevaluated once the compiles are done
-    "fast_fused_adam": dict(compile=True, fused_kernels="none", lora_forward="fused", adamw_fused=True),
+    # "fast" with torch's unfused AdamW (train.adamw=unfused): the host reads each step's loss and
+    # gradient norm before queueing the update, as before train.adamw existed; "fast" takes fused
+    # AdamW on CUDA (the nan guard on the device, the numbers read a step later: medslm.optimizer)
+    "fast_unfused": dict(compile=True, fused_kernels="none", lora_forward="fused", adamw="unfused"),
+    # a bench-only host-time experiment, set up in the child only: dynamo's guards left unevaluated
+    # once the compiles are done (unsafe for a product: a changed input would reuse a stale graph)
     "fast_skip_guards": dict(compile=True, fused_kernels="none", lora_forward="fused", skip_guards_after=3),
 }
 PEERS = ("trl", "trl_liger")
@@ -129,6 +131,7 @@ def train_config(spec: dict):
         f"--model.lora_forward={lever['lora_forward']}",
         f"--lora.dropout={lever.get('dropout', 0.05)}",
         f"--train.gc={lever.get('gc', 'managed')}",
+        f"--train.adamw={lever.get('adamw', 'auto')}",
         *data_args(spec["seq_len"]),
         f"--train.micro_batch_size={spec['micro_batch']}",
         "--train.grad_accum=1",
@@ -221,6 +224,38 @@ class StepProfiler:
 # ---------------------------------------------------------------------------------------------
 
 
+class WindowClock:
+    """Wall time of optimizer steps ``first+1 .. last``, between two device synchronisations made
+    only at the ends of steps ``first`` and ``last``. With fused AdamW the product's loop reads
+    each step's numbers a step late and its host runs up to a step ahead of the device, so the
+    step times it logs (host time between step boundaries) spread each step's time across its
+    neighbours: right on average, off by up to a step's lead over a few steps. This clock is not."""
+
+    def __init__(self, first: int, last: int, cuda: bool):
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self.first, self.last, self.cuda = first, last, cuda
+        self.steps = 0
+        self.at: dict[int, float] = {}
+        self.handle = register_optimizer_step_post_hook(self._hook)
+
+    def _hook(self, *args, **kwargs) -> None:
+        import torch
+
+        self.steps += 1
+        if self.steps in (self.first, self.last):
+            if self.cuda:
+                torch.cuda.synchronize()
+            self.at[self.steps] = time.perf_counter()
+
+    def close(self) -> float | None:
+        """Seconds from the end of step ``first`` to the end of step ``last`` (None: no such window)."""
+        self.handle.remove()
+        if self.first < self.last and self.first in self.at and self.last in self.at:
+            return self.at[self.last] - self.at[self.first]
+        return None
+
+
 class GcTimer:
     """Time inside Python's cyclic collector, per optimizer step (``gc.callbacks``)."""
 
@@ -266,14 +301,6 @@ def experiment_hooks(lever: dict) -> None:
     """The bench-only host-time experiments of a configuration (none for the product's own)."""
     import torch
 
-    if lever.get("adamw_fused"):
-        plain_init = torch.optim.AdamW.__init__
-
-        def fused_init(self, params, *args, **kwargs):
-            kwargs.setdefault("fused", True)
-            plain_init(self, params, *args, **kwargs)
-
-        torch.optim.AdamW.__init__ = fused_init
     after = lever.get("skip_guards_after")
     if after:
         from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -306,20 +333,27 @@ def child_medslm(spec: dict) -> dict:
     experiment_hooks(CONFIGS[spec["name"]])
     prof = StepProfiler(spec["steps"] - 2, 2, cuda) if spec.get("profile") else None
     gct = GcTimer()
+    last = spec["steps"] - (2 if prof else 0)
+    clock = WindowClock(spec["skip"], last, cuda)
     t0 = time.perf_counter()
     result = train(cfg)
     wall = time.perf_counter() - t0
+    window_s = clock.close()
     profile = prof.close(spec.get("trace")) if prof else None
     recs = [json.loads(line) for line in (Path(result["output_dir"]) / "metrics.jsonl").read_text().splitlines()]
     recs = [r for r in recs if r["kind"] == "train"]
-    last = len(recs) - (2 if prof else 0)
-    timed = [r for r in recs if spec["skip"] < r["step"] <= last] or recs[1:last] or recs  # short runs: all but the first
+    window = [r for r in recs if spec["skip"] < r["step"] <= last]
+    timed = window or recs[1:last] or recs  # short runs: all but the first
+    host_tokens_per_s = sum(r["tokens"] for r in timed) / sum(r["step_time_s"] for r in timed)
     out = {
         "name": spec["name"],
         "steps": len(recs),
         "timed_steps": len(timed),
         "tokens_per_step": sum(r["tokens"] for r in timed) / max(1, len(timed)),
-        "tokens_per_s": sum(r["tokens"] for r in timed) / sum(r["step_time_s"] for r in timed),
+        # real tokens of the timed steps over their device-synchronised wall time (WindowClock);
+        # host_tokens_per_s: the same steps by the step times the run logged itself
+        "tokens_per_s": sum(r["tokens"] for r in window) / window_s if window and window_s else host_tokens_per_s,
+        "host_tokens_per_s": host_tokens_per_s,
         "median_tokens_per_s": statistics.median(r["tokens"] / r["step_time_s"] for r in timed),
         "step_s": [round(r["step_time_s"], 4) for r in recs],
         "losses": [r["loss"] for r in recs],
@@ -527,7 +561,7 @@ def summarise(results: dict, a: argparse.Namespace, meta: dict) -> dict:
         if "error" in r:
             cfgs[name] = {"error": r["error"]}
             continue
-        c = {k: (round(r[k], 4) if isinstance(r.get(k), float) else r.get(k)) for k in ("tokens_per_s", "median_tokens_per_s", "peak_gb", "first_step_s", "timed_steps", "tokens_per_step", "wall_s", "gc_ms_per_step", "gc_collections_per_step", "gc_full_ms_max_step")}
+        c = {k: (round(r[k], 4) if isinstance(r.get(k), float) else r.get(k)) for k in ("tokens_per_s", "host_tokens_per_s", "median_tokens_per_s", "peak_gb", "first_step_s", "timed_steps", "tokens_per_step", "wall_s", "gc_ms_per_step", "gc_collections_per_step", "gc_full_ms_max_step")}
         if base:
             c["vs_eager"] = round(r["tokens_per_s"] / base["tokens_per_s"], 3)
         if peer:

@@ -63,3 +63,28 @@ def test_gpu_step_bench_refuses_a_configuration_named_twice(tmp_path):
     assert proc.returncode != 0
     assert "['eager'] named more than once" in proc.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_the_window_clock_times_the_steps_after_skip_up_to_the_last_timed_one():
+    """tokens/s in the bench is the timed steps' tokens over this clock's window: the end of step
+    ``skip`` to the end of the last timed step (device-synchronised there on a GPU)."""
+    import time
+
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from bench.gpu_step import WindowClock
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.1)
+    clock = WindowClock(2, 4, cuda=False)
+    try:
+        for pause in (0.3, 0.3, 0.05, 0.05, 0.3):  # steps 1-2 (compile warm-up), 3-4 timed, 5 profiled
+            time.sleep(pause)
+            opt.step()
+    finally:
+        seconds = clock.close()
+    assert 0.1 <= seconds < 0.25
+    opt.step()
+    assert clock.steps == 5  # the hook is gone once closed
+    assert WindowClock(3, 3, cuda=False).close() is None  # no timed step: the bench falls back to the logged times
