@@ -84,7 +84,7 @@ for k in ("medslm_config", "medslm_tokens_per_s", "trl_tokens_per_s", "speedup_v
 for name, c in s["configs"].items():
     acc = c.get("acceleration", {})
     comp = {k: acc[k] for k in ("graphs", "frames_compiled", "graph_breaks") if k in acc}
-    print(f"{name:10} {json.dumps({k: c.get(k) for k in ('tokens_per_s', 'median_tokens_per_s', 'vs_eager', 'vs_trl', 'peak_gb', 'first_step_s', 'gc_ms_per_step', 'gc_full_ms_max_step', 'error') if c.get(k) is not None})} {json.dumps(comp) if comp else ''}")
+    print(f"{name:10} {json.dumps({k: c.get(k) for k in ('tokens_per_s', 'host_tokens_per_s', 'median_tokens_per_s', 'vs_eager', 'vs_trl', 'peak_gb', 'first_step_s', 'gc_ms_per_step', 'gc_full_ms_max_step', 'adamw', 'error') if c.get(k) is not None})} {json.dumps(comp) if comp else ''}")
 for p in sorted(d.glob("profile_*.json")):
     prof = json.loads(p.read_text())
     print(p.stem, prof["shares"], f"{prof['total_ms_per_step']:.0f} ms/step of kernels; median step {prof.get('median_step_ms')} ms; host gap {prof.get('host_gap_ms')} ms")

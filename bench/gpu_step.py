@@ -361,6 +361,7 @@ def child_medslm(spec: dict) -> dict:
         "first_step_s": recs[0]["step_time_s"],
         "wall_s": wall,
         "acceleration": result.get("acceleration", {}),
+        "adamw": result.get("adamw"),
         **gct.close(spec["skip"], last),
     }
     if profile:
@@ -561,7 +562,7 @@ def summarise(results: dict, a: argparse.Namespace, meta: dict) -> dict:
         if "error" in r:
             cfgs[name] = {"error": r["error"]}
             continue
-        c = {k: (round(r[k], 4) if isinstance(r.get(k), float) else r.get(k)) for k in ("tokens_per_s", "host_tokens_per_s", "median_tokens_per_s", "peak_gb", "first_step_s", "timed_steps", "tokens_per_step", "wall_s", "gc_ms_per_step", "gc_collections_per_step", "gc_full_ms_max_step")}
+        c = {k: (round(r[k], 4) if isinstance(r.get(k), float) else r.get(k)) for k in ("tokens_per_s", "host_tokens_per_s", "median_tokens_per_s", "peak_gb", "first_step_s", "timed_steps", "tokens_per_step", "wall_s", "gc_ms_per_step", "gc_collections_per_step", "gc_full_ms_max_step", "adamw")}
         if base:
             c["vs_eager"] = round(r["tokens_per_s"] / base["tokens_per_s"], 3)
         if peer:

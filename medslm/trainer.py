@@ -370,6 +370,7 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool, ckpt: Checkpoint
         "peak_mem_gb": mem.peak_gb(),
         "packing_efficiency": s.report["packing_efficiency"],
         "acceleration": {**s.acceleration, **(compile_report() if cfg.model.compile else {})},
+        "adamw": "fused" if readback.deferred else "unfused",  # train.adamw as resolved (medslm.optimizer)
         "micro_batch_size": t_cfg.micro_batch_size,
         "grad_accum": t_cfg.grad_accum,
     }

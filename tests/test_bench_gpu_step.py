@@ -53,6 +53,7 @@ def test_gpu_step_bench_runs_medslm_and_trl_on_the_same_items(tmp_path):
     for name in ("eager", "lora"):
         assert runs[name]["gc_ms_per_step"] >= 0 and set(runs[name]["gc_collections_per_step"]) == {"gen0", "gen1", "gen2"}
         assert cfgs[name]["median_tokens_per_s"] > 0
+        assert cfgs[name]["adamw"] == "unfused"  # train.adamw=auto on a CPU
 
 
 def test_gpu_step_bench_refuses_a_configuration_named_twice(tmp_path):

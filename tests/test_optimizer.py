@@ -60,7 +60,8 @@ def test_fused_adamw_trains_the_run_unfused_adamw_trains(tmp_path):
     runs = {}
     for impl in ("unfused", "fused"):
         out = tmp_path / impl
-        train(parse_config(TrainConfig, [*FAST, f"--train.output_dir={out}", "--train.max_steps=5", f"--train.adamw={impl}"]))
+        result = train(parse_config(TrainConfig, [*FAST, f"--train.output_dir={out}", "--train.max_steps=5", f"--train.adamw={impl}"]))
+        assert result["adamw"] == impl
         runs[impl] = _records(out)
     for impl, recs in runs.items():
         assert [r["step"] for r in recs] == [1, 2, 3, 4, 5], impl  # every step logged once, in order, fused a step late or not
