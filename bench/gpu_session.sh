@@ -54,7 +54,7 @@ EOF
 if [ "${RUN_TESTS:-1}" = 1 ]; then
   echo "== tests/test_gpu.py"
   # no log capture: torch's DEBUG records otherwise fill the report and push the failure out of the tail
-  timeout "${TEST_TIMEOUT:-120}" $PY -m pytest -q -p no:cacheprovider -p no:logging --tb=short tests/test_gpu.py > "$OUT/test_gpu.log" 2>&1
+  timeout "${TEST_TIMEOUT:-150}" $PY -m pytest -q -p no:cacheprovider -p no:logging --tb=short tests/test_gpu.py > "$OUT/test_gpu.log" 2>&1
   echo "tests exit $?"
   grep -E "^(E |FAILED|tests/test_gpu.py:[0-9]+:)|passed|failed|skipped|error" "$OUT/test_gpu.log" | tail -30
   pack

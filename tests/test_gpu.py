@@ -126,14 +126,16 @@ def test_nf4_dequantisation_by_torch_ops_equals_bitsandbytes_on_cuda():
     torch.testing.assert_close(got, want, rtol=2**-7, atol=0.0)
 
 
-def test_a_training_step_queues_without_waiting_for_the_device_on_cuda():
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_a_training_step_queues_without_waiting_for_the_device_on_cuda(compiled):
     """A micro-step (its transfers, forward, loss, backward), clipping and fused AdamW's guarded
     update, with the step's numbers handed to StepReadback, under torch's sync debug mode: any
     operation that makes the host wait for the device raises. A wait in one of them costs the
-    host its lead: it then idles through every step boundary (medslm.transfer, medslm.optimizer)."""
+    host its lead: it then idles through every step boundary (medslm.transfer, medslm.optimizer).
+    Eager: bitsandbytes' NF4 operators; compiled: medslm.nf4 inside the compiled layers."""
     from medslm.optimizer import StepReadback
 
-    model, precision = _cuda_lora("embedded:tiny-gemma3", fast=True, dropout=0.1)
+    model, precision = _cuda_lora("embedded:tiny-gemma3", fast=True, compiled=compiled, dropout=0.1)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
     readback = StepReadback(opt, torch.device("cuda"))
