@@ -74,22 +74,22 @@ def _comm_device(state: DistState) -> torch.device:
     return state.device if state.backend == "nccl" else torch.device("cpu")
 
 
-def all_reduce_sum(state: DistState, value: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks; the result is on the device ``value`` came from."""
+def _all_reduce(state: DistState, value: torch.Tensor, op: Any) -> torch.Tensor:
     if not state.distributed:
         return value
     buf = value.detach().to(_comm_device(state), copy=True)
-    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    dist.all_reduce(buf, op=op)
     return buf.to(value.device)
+
+
+def all_reduce_sum(state: DistState, value: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks; the result is on the device ``value`` came from."""
+    return _all_reduce(state, value, dist.ReduceOp.SUM)
 
 
 def all_reduce_max_tensor(state: DistState, value: torch.Tensor) -> torch.Tensor:
     """Element-wise max over ranks, on the device ``value`` came from; nothing is read back."""
-    if not state.distributed:
-        return value
-    buf = value.detach().to(_comm_device(state), copy=True)
-    dist.all_reduce(buf, op=dist.ReduceOp.MAX)
-    return buf.to(value.device)
+    return _all_reduce(state, value, dist.ReduceOp.MAX)
 
 
 def all_reduce_max(state: DistState, value: float) -> float:
