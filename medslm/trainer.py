@@ -18,7 +18,6 @@ import math
 import os
 import random
 import signal
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
