@@ -120,12 +120,15 @@ class StepReadback:
             event.record()
         else:
             buf, event = values.detach().clone(), None
-        done = self.flush()
+        done = self._resolve()
         self._pending = (step, buf, event, self._elapsed(), host)
         return done
 
     def flush(self) -> list[StepNumbers]:
         """The numbers still on their way (fused), read now: waits for the device to reach them."""
+        return self._resolve()
+
+    def _resolve(self) -> list[StepNumbers]:
         if self._pending is None:
             return []
         step, buf, event, dt, host = self._pending

@@ -328,8 +328,11 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool, ckpt: Checkpoint
             collector.after_step()
             step += 1
             epoch_end = step % steps_per_epoch == 0 or step == total_steps
+            validating = epoch_end and bool(s.val_rows)
             saving = (t_cfg.save_every and step % t_cfg.save_every == 0) or step == total_steps
-            if epoch_end or saving:  # a checkpoint's step, and the steps before a validation pass, are checked first
+            # a checkpoint's step, and the steps before a validation pass, are checked (and logged) first;
+            # only then: an epoch of a few steps would otherwise make the host wait every few steps
+            if validating or saving:
                 for numbers in readback.flush():
                     finish(numbers)
             if epoch_end:
@@ -343,7 +346,7 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool, ckpt: Checkpoint
                 _save(s, optimizer, scheduler, step, g_rows, out)
                 if fault_step and step == fault_step:
                     os.kill(os.getpid(), signal.SIGKILL)
-            if epoch_end or saving:
+            if validating or saving:
                 readback.pause_ended()
     bar.close()
     adapter = D.trainable_state_dict(model)  # the step-`step` checkpoint held it: checked finite there

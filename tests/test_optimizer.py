@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from conftest import tiny_run
+from conftest import REPO, tiny_run
 from medslm.config import ConfigError, parse_config
 from medslm.numerics import NonFiniteError
 from medslm.optimizer import StepReadback, for_optimizer, implementation, is_fused
@@ -132,3 +132,37 @@ def test_for_optimizer_takes_the_live_optimizers_flags_and_keeps_the_rest():
     assert got["state"] is saved["state"] and saved["param_groups"][0]["fused"] is None  # the saved dict is not changed
     live.load_state_dict(got)
     assert is_fused(live) and live.state[p]["step"].dtype == torch.float32
+
+
+TRAIN_FILES_ONLY = [  # the samples' training files, split as the datasets ship them: no validation rows
+    "--data.split=official", f"--data.medqa={REPO / 'data/samples/medqa/US/train.jsonl'}",
+    "--data.kormedmcqa=" + ",".join(str(p) for p in sorted(REPO.glob("data/samples/kormedmcqa/*/train-*.parquet"))),
+]
+
+
+@pytest.mark.parametrize("validation,reads_at", [(False, [6]), (True, [3, 6])])
+def test_the_host_reads_ahead_of_time_only_for_a_validation_pass_a_checkpoint_or_the_end(tmp_path, monkeypatch, validation, reads_at):
+    """Fused AdamW, epochs of 3 steps: without validation rows the pending step is read early only
+    at the end; with them (the hash split's 10%), before each epoch's validation pass. An early
+    read at every epoch end made the bench's 2-step epochs wait every other step."""
+    from medslm.optimizer import StepReadback
+
+    early: list[int] = []
+    plain = StepReadback.flush
+
+    def flush(self):
+        got = plain(self)
+        early.extend(n.step for n in got)
+        return got
+
+    monkeypatch.setattr(StepReadback, "flush", flush)
+    out = tmp_path / "run"
+    data = [] if validation else TRAIN_FILES_ONLY
+    result = train(parse_config(TrainConfig, [*FAST, *data, f"--train.output_dir={out}", "--train.max_steps=6", "--train.adamw=fused",
+                                              "--train.micro_batch_size=8", "--train.grad_accum=2"]))
+    assert result["steps"] == 6 and len(result["val_losses"]) == (2 if validation else 0)
+    assert early == reads_at
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r.get("kind", "train")) for r in recs] == (
+        [(s, "train") for s in range(1, 7)] if not validation else
+        [(1, "train"), (2, "train"), (3, "train"), (3, "val"), (4, "train"), (5, "train"), (6, "train"), (6, "val")])
