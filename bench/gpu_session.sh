@@ -18,7 +18,7 @@ OUT=${OUT:-/tmp/gpu-session}
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/gpu-session-work.XXXX)
 SHAPE=${SHAPE:-medgemma-4b}
-STEPS=${STEPS:-8}
+STEPS=${STEPS:-9}
 PARITY_STEPS=${PARITY_STEPS:-20}
 CONFIGS=${CONFIGS:-eager,eager_again,fast,fast_unfused,fast_inductor_rng,trl}
 # eager_again: the eager path twice with the same seeds, the bf16 drift any parity figure is read against

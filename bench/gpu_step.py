@@ -14,8 +14,10 @@ checkpointing (non-reentrant), bf16 on a GPU (fp32 on a CPU), AdamW 2e-4.
 
 - medslm configurations go through ``medslm.trainer.train`` itself (the product's loop) with
   ``model.compile`` / ``model.fused_kernels`` / ``model.lora_forward`` set per configuration (see
-  CONFIGS); tokens/s is real tokens over step time of the steps after ``--skip`` (the compile
-  warm-up), read from the run's metrics.jsonl; peak is torch's CUDA peak after loading.
+  CONFIGS); tokens/s is the real tokens of the steps after ``--skip`` (the compile warm-up and
+  the collector's settling) over their wall time between two device synchronisations
+  (``WindowClock``); ``host_tokens_per_s`` is the same steps by the step times in the run's
+  metrics.jsonl; peak is torch's CUDA peak after loading.
 - ``trl``: TRL's SFTTrainer on the same model folder (loaded with the same NF4 settings, sdpa
   attention), the same tokenised examples, BFD packing to 2048 with ``padding_free`` (its fastest
   setting), batch 4, the same LoRA and optimiser settings; step times from a callback that
@@ -579,8 +581,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     ap.add_argument("--configs", default="eager,fast,trl,compile,lora,liger,fast_d0", help=f"from {sorted(CONFIGS) + list(PEERS)}")
-    ap.add_argument("--steps", type=int, default=8, help="optimizer steps per configuration (4 rows of 2048 each)")
-    ap.add_argument("--skip", type=int, default=3, help="first steps left out of tokens/s (compile warm-up)")
+    ap.add_argument("--steps", type=int, default=9, help="optimizer steps per configuration (4 rows of 2048 each)")
+    # the compile, the recompile for dynamic lengths, and train.gc=managed's full collections after
+    # each of the first SETTLE_STEPS steps (0.2 s each at MedGemma-4B shape compiled) stay out of the
+    # timed steps: the host's time for step k+1 starts after step k's collection
+    from medslm.pygc import SETTLE_STEPS
+
+    ap.add_argument("--skip", type=int, default=SETTLE_STEPS + 1, help="first steps left out of tokens/s (compile warm-up, the collector settling)")
     ap.add_argument("--parity", default="eager,fast", help="configurations that run --parity-steps and are compared with eager")
     ap.add_argument("--parity-steps", type=int, default=20)
     ap.add_argument("--profile", default="eager,fast", help="configurations profiled over two extra steps")
