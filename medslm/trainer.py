@@ -279,7 +279,8 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool, ckpt: Checkpoint
         last_loss = n.loss_sum / max(1, n.host["supervised_tokens"])
         check_step(n.step, last_loss, n.grad_norm, out)  # the same numbers on every rank: all stop together
         tok_s = n.host["tokens"] / n.step_time_s if n.step_time_s > 0 else 0.0
-        if n.step % t_cfg.log_every == 0 or n.step == total_steps:
+        logged = n.step % t_cfg.log_every == 0 or n.step == total_steps
+        if logged:
             rec = {"epoch": n.step / steps_per_epoch, "loss": last_loss, "lr": n.host["lr"], "grad_norm": n.grad_norm,
                    "tokens": n.host["tokens"], "supervised_tokens": n.host["supervised_tokens"], "tokens_per_s": tok_s,
                    "step_time_s": n.step_time_s, "peak_mem_gb": n.peak_gb}
@@ -287,8 +288,7 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool, ckpt: Checkpoint
             if nvml is not None:
                 rec["nvml_peak_gb"] = nvml
             logger.log(n.step, rec)
-        bar.update(1, **_progress_fields(n.step, steps_per_epoch, last_loss, n.host["lr"], tok_s,
-                                         n.peak_gb if n.step % t_cfg.log_every == 0 or n.step == total_steps else None))
+        bar.update(1, **_progress_fields(n.step, steps_per_epoch, last_loss, n.host["lr"], tok_s, n.peak_gb if logged else None))
 
     step = start_step
     model.train()
