@@ -9,9 +9,10 @@ them is a device-to-host copy, and that copy waits for every kernel queued befor
   default off CUDA): the host reads the numbers right after clipping, checks them, and only then
   queues the update. The read waits for the whole backward pass; then, while the host launches the
   update (at MedGemma 4B's shape a few kernels per list operation over 476 adapter tensors), logs,
-  collates the next rows and starts the next forward, the GPU has nothing to do: 35 ms of a
-  profiled MedGemma-4B step on one H100, whose unprofiled median step (440 ms) exceeded its
-  kernels' time (406 ms) by 33 ms (BENCHMARKS.md, call 4).
+  collates the next rows and starts the next forward, the GPU has next to nothing to do: 37 ms
+  at 2-6% busy between two profiled MedGemma-4B steps on one H100, whose unprofiled median step
+  (440 ms) exceeded its kernels' time (406 ms) by 33 ms (BENCHMARKS.md, call 4 and
+  ``bench/trace_gaps.py``).
 - ``fused`` (torch's fused AdamW, the default on CUDA): the guard moves to the device. A flag, 1 when
   the loss or the norm is not finite, goes to the fused kernel as ``found_inf`` (the mechanism
   torch's GradScaler uses), and the kernel then leaves the parameters, both moments and the step

@@ -89,3 +89,28 @@ def test_the_window_clock_times_the_steps_after_skip_up_to_the_last_timed_one():
     opt.step()
     assert clock.steps == 5  # the hook is gone once closed
     assert WindowClock(3, 3, cuda=False).close() is None  # no timed step: the bench falls back to the logged times
+
+
+def test_trace_gaps_finds_the_idle_time_the_starved_stretch_and_the_host_waits():
+    """bench/trace_gaps.py on a made-up timeline: kernels busy 0-10 ms and 30-40 ms, two short
+    kernels between them (a host launching one by one), a 12 ms stream synchronisation and an
+    optimizer step on the host inside the gap."""
+    sys.path.insert(0, str(REPO))
+    from bench.trace_gaps import gaps
+
+    k = lambda ts, dur, name="k": {"ph": "X", "cat": "kernel", "ts": ts, "dur": dur, "name": name}  # noqa: E731
+    trace = {"traceEvents": [
+        k(1000, 10000), k(15000, 100), k(22000, 100, "multi_tensor_apply"), k(31000, 10000),
+        {"ph": "X", "cat": "cuda_runtime", "ts": 2000, "dur": 12000, "tid": 7, "name": "cudaStreamSynchronize"},
+        {"ph": "X", "cat": "cuda_runtime", "ts": 9000, "dur": 500, "tid": 7, "name": "cudaStreamSynchronize"},  # under 1 ms
+        {"ph": "X", "cat": "user_annotation", "ts": 16000, "dur": 5000, "tid": 7, "name": "Optimizer.step#AdamW.step"},
+        {"ph": "X", "cat": "cpu_op", "ts": 3000, "dur": 2000, "tid": 7, "name": "aten::mm"},  # while the device is busy
+    ]}
+    out = gaps(trace, top=2)
+    assert (out["span_ms"], out["busy_ms"], out["idle_ms"]) == (40.0, 20.2, 19.8)
+    assert [g["ms"] for g in out["longest_idle"]] == [8.9, 6.9]
+    assert out["longest_idle"][0]["ended_by"] == "k" and out["longest_idle"][1]["ended_by"] == "multi_tensor_apply"
+    (st,) = out["starved"]
+    assert st["ms"] == 20.0 and st["at_ms"] == 10.0 and st["busy_share"] == 0.01
+    assert [o["op"] for o in st["host_ops"]] == ["Optimizer.step#AdamW.step"]
+    assert out["host_waits"] == [{"ms": 12.0, "at_ms": 1.0, "tid": 7, "call": "cudaStreamSynchronize"}]
