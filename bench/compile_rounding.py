@@ -1,0 +1,88 @@
+"""Does inductor's ``emulate_precision_casts`` bring the compiled bf16 path to eager's numbers? (CPU)
+
+    python bench/compile_rounding.py
+
+Two checks, one JSON line:
+- ``chain``: an RMSNorm + GeGLU + residual chain in bf16, compiled with and without the option,
+  against eager: how many outputs differ.
+- ``model``: one packed step (loss and backward) of ``embedded:tiny-gemma3`` in bf16 with LoRA and
+  the fast LoRA forward, compiled layers against the same model uncompiled: the loss's relative
+  difference and the adapter gradients' largest and mean relative difference (norm of the
+  difference over the norm), with inductor's default rounding and with eager's.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def chain(x, w, g, u):
+    v = x.float().pow(2).mean(-1, keepdim=True)
+    h = (x * torch.rsqrt(v + 1e-6)).to(x.dtype) * (1 + w)
+    return (F.gelu(h * g, approximate="tanh") * (h * u) + x) * 0.5 + h
+
+
+def chain_mismatches() -> dict:
+    torch.manual_seed(0)
+    x = torch.randn(64, 256, dtype=torch.bfloat16)
+    w, g, u = torch.randn(256, dtype=torch.bfloat16) * 0.1, torch.randn(256, dtype=torch.bfloat16), torch.randn(256, dtype=torch.bfloat16)
+    want = chain(x, w, g, u)
+    out = {"elements": want.numel()}
+    for emulate in (False, True):
+        torch._dynamo.reset()
+        got = torch.compile(chain, options={"emulate_precision_casts": emulate})(x, w, g, u)
+        out["eager_rounding" if emulate else "fused_rounding"] = int((got != want).sum())
+    return out
+
+
+def model_step(compiled: bool, emulate: bool) -> tuple[float, dict]:
+    from conftest import answer_examples
+    from medslm import acceleration, lora_fast
+    from medslm.modeling import LoraConfigSection, ModelConfig, apply_lora, load_base_model
+    from medslm.packing import PackedCollator
+    from medslm.trainer import batch_loss_sum
+
+    cpu = torch.device("cpu")
+    cfg = ModelConfig(name_or_path="embedded:tiny-gemma3", quantization="none", attention="packed", compute_dtype="bfloat16")
+    base = load_base_model(cfg, cpu)
+    torch.manual_seed(0)
+    model = apply_lora(base, LoraConfigSection(r=4, alpha=8, dropout=0.05), gradient_checkpointing=True)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.02)
+    lora_fast.enable(model)
+    if compiled:
+        with torch._inductor.config.patch(emulate_precision_casts=emulate):
+            acceleration.compile_layers(model)
+    model.train()
+    batch = PackedCollator(64, 0)([answer_examples([11, 25, 6]), answer_examples([30, 20], seed=1)])
+    torch.manual_seed(100)
+    with torch._inductor.config.patch(emulate_precision_casts=emulate):  # read when the layers compile, at the first call
+        loss, _ = batch_loss_sum(model, batch, True, cpu)
+        loss.backward()
+    return float(loss), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def main() -> None:
+    result = {"torch": torch.__version__, "chain": chain_mismatches(), "model": {}}
+    want_loss, want = model_step(compiled=False, emulate=False)
+    for emulate in (False, True):
+        torch._dynamo.reset()
+        loss, grads = model_step(compiled=True, emulate=emulate)
+        rel = [float((grads[k] - want[k]).norm() / want[k].norm().clamp_min(1e-12)) for k in want]
+        result["model"]["eager_rounding" if emulate else "fused_rounding"] = {
+            "loss_rel_diff": abs(loss - want_loss) / abs(want_loss), "grad_rel_max": max(rel), "grad_rel_mean": sum(rel) / len(rel)}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
