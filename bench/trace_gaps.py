@@ -27,7 +27,7 @@ def gaps(trace: dict, top: int = 5) -> dict:
     events = [e for e in trace["traceEvents"] if e.get("ph") == "X"]
     kernels = sorted((e for e in events if e.get("cat") in DEVICE), key=lambda e: e["ts"])
     if not kernels:
-        raise SystemExit("error: the trace holds no device kernels (a CPU run?)")
+        raise ValueError("the trace holds no device kernels (a CPU run?)")
     t0 = kernels[0]["ts"]
     end = kernels[0]["ts"] + kernels[0]["dur"]
     idle = []  # (ms, start, the kernel that ended it)
@@ -84,8 +84,18 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=5, help="idle stretches listed")
     a = ap.parse_args()
     opener = gzip.open if a.trace.endswith(".gz") else open
-    with opener(a.trace, "rt") as f:
-        print(json.dumps(gaps(json.load(f), a.top), indent=1))
+    try:
+        with opener(a.trace, "rt") as f:
+            trace = json.load(f)
+    except (OSError, EOFError, json.JSONDecodeError) as e:  # missing, truncated gzip, not JSON
+        raise SystemExit(f"error: {a.trace}: not a readable trace ({e})") from None
+    if not isinstance(trace, dict) or not isinstance(trace.get("traceEvents"), list):
+        raise SystemExit(f"error: {a.trace}: no traceEvents list (not a torch.profiler chrome trace)")
+    try:
+        out = gaps(trace, a.top)
+    except ValueError as e:
+        raise SystemExit(f"error: {a.trace}: {e}") from None
+    print(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

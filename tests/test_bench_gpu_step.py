@@ -114,3 +114,15 @@ def test_trace_gaps_finds_the_idle_time_the_starved_stretch_and_the_host_waits()
     assert st["ms"] == 20.0 and st["at_ms"] == 10.0 and st["busy_share"] == 0.01
     assert [o["op"] for o in st["host_ops"]] == ["Optimizer.step#AdamW.step"]
     assert out["host_waits"] == [{"ms": 12.0, "at_ms": 1.0, "tid": 7, "call": "cudaStreamSynchronize"}]
+
+
+@pytest.mark.parametrize("content,needle", [(None, "not a readable trace"), (b"{not json", "not a readable trace"),
+                                            (b'{"schemaVersion": 1}', "no traceEvents list"),
+                                            (b'{"traceEvents": []}', "no device kernels")])
+def test_trace_gaps_names_the_file_it_cannot_read(tmp_path, content, needle):
+    path = tmp_path / "trace_fast.json"
+    if content is not None:
+        path.write_bytes(content)
+    proc = subprocess.run([sys.executable, "bench/trace_gaps.py", str(path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and needle in proc.stderr and "Traceback" not in proc.stderr
+    assert f"error: {path}: " in proc.stderr
