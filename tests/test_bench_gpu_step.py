@@ -37,11 +37,14 @@ def test_gpu_step_bench_runs_medslm_and_trl_on_the_same_items(tmp_path):
     assert out["loss_parity_vs_eager"]["lora"]["max_rel_loss_diff"] < 1e-6
     # parity runs take the same number of steps, profiled or not (the step count sets the schedule)
     runs = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert runs["eager"]["steps"] == runs["lora"]["steps"] == 3 + 2
+    assert runs["eager"]["steps"] == runs["lora"]["steps"] == 3 + 3
+    # the profiler's warm-up step traces and runs slower: it lies after the timed window
+    assert runs["lora"]["timed_window"] == [2, 3] and runs["lora"]["profiled_from_step"] == 4
+    assert runs["eager"]["timed_window"] == [2, 6] and runs["eager"]["profiled_from_step"] is None
     prof = json.loads((tmp_path / "out" / "profile_lora.json").read_text())
     assert sum(prof["shares"].values()) == pytest.approx(1.0, abs=1e-3)
     assert 0 < out["matmul_share"] < 1 and out["matmul_share"] == prof["shares"]["matmul"]
-    # the unprofiled timed steps (2 and 3 of 3 + 2 profiled): their median step time, in ms
+    # the unprofiled timed steps (2 and 3 of 3 + 3 profiled): their median step time, in ms
     assert prof["median_step_ms"] == pytest.approx(1e3 * statistics.median(runs["lora"]["step_s"][1:3]), abs=0.1)
     # the profiled timeline comes back for reading the gaps between kernels; the unprofiled run has none
     import gzip
@@ -126,3 +129,4 @@ def test_trace_gaps_names_the_file_it_cannot_read(tmp_path, content, needle):
     proc = subprocess.run([sys.executable, "bench/trace_gaps.py", str(path)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and needle in proc.stderr and "Traceback" not in proc.stderr
     assert f"error: {path}: " in proc.stderr
+
