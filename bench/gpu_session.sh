@@ -9,7 +9,9 @@
 #
 # Knobs (environment): CONFIGS, STEPS, PARITY (configurations compared with eager), PARITY_STEPS,
 # PROFILE (configurations profiled), TRACE (profiled configurations whose timelines come back as
-# trace_<name>.json.gz), BENCH_TIMEOUT, CONFIG_TIMEOUT, TEST_TIMEOUT, RUN_TESTS=0|1.
+# trace_<name>.json.gz), BENCH_TIMEOUT, CONFIG_TIMEOUT, TEST_TIMEOUT, RUN_TESTS=0|1, MASKS (levers
+# for bench/dropout_masks.py, e.g. fast,compile,lora,fast/inductor, run side by side before the
+# bench; MASKS_LAYERS, MASKS_SEQ, MASKS_DTYPE, MASKS_TIMEOUT).
 # Wheels for packages the machine lacks (bitsandbytes, liger-kernel, trl, datasets, dill,
 # multiprocess, peft) are installed from ./wheels when that folder exists.
 set -u
@@ -31,7 +33,7 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false MEDSLM_CACHE=$WORK/medslm
 LOG=$OUT/session.log
 exec > >(tee -a "$LOG") 2>&1
 
-pack() { tar -czf "$OUT/bench.tgz" --exclude "trace_*" -C "$WORK" bench 2>/dev/null; cp "$WORK"/bench/trace_*.json.gz "$OUT"/ 2>/dev/null; }
+pack() { tar -czf "$OUT/bench.tgz" --exclude "trace_*" -C "$WORK" $(cd "$WORK" && ls -d bench masks 2>/dev/null) 2>/dev/null; cp "$WORK"/bench/trace_*.json.gz "$OUT"/ 2>/dev/null; }
 
 echo "== $(date -u +%FT%TZ) $(hostname)"
 if [ -d wheels ] && ls wheels/*.whl >/dev/null 2>&1; then
@@ -57,6 +59,25 @@ if [ "${RUN_TESTS:-1}" = 1 ]; then
   timeout "${TEST_TIMEOUT:-150}" $PY -m pytest -q -p no:cacheprovider -p no:logging --tb=short tests/test_gpu.py > "$OUT/test_gpu.log" 2>&1
   echo "tests exit $?"
   grep -E "^(E |FAILED|tests/test_gpu.py:[0-9]+:)|passed|failed|skipped|error" "$OUT/test_gpu.log" | tail -30
+  pack
+fi
+
+if [ -n "${MASKS:-}" ]; then
+  # do the fast path's levers draw eager's dropout masks? one process per lever (lever or
+  # lever/rng: fast, compile, lora, fast/inductor as the control), side by side
+  echo "== bench/dropout_masks.py {$MASKS}"
+  mkdir -p "$WORK/masks"
+  pids=""
+  for m in ${MASKS//,/ }; do
+    lever=${m%%/*}; rng=eager; [ "$m" != "$lever" ] && rng=${m#*/}
+    timeout "${MASKS_TIMEOUT:-150}" $PY bench/dropout_masks.py --lever "$lever" --rng "$rng" --layers "${MASKS_LAYERS:-2}" \
+      --seq-len "${MASKS_SEQ:-2048}" --dtype "${MASKS_DTYPE:-auto}" > "$WORK/masks/${lever}_$rng.json" 2> "$WORK/masks/${lever}_$rng.log" &
+    pids="$pids $!"
+  done
+  wait $pids  # these alone: a bare wait would also wait for the tee that logs this script
+  for f in "$WORK"/masks/*.json; do
+    echo "$(basename "$f" .json): $(tail -n1 "$f" 2>/dev/null || true) $(grep -E "Error" "${f%.json}.log" | tail -1)"
+  done
   pack
 fi
 

@@ -130,3 +130,18 @@ def test_trace_gaps_names_the_file_it_cannot_read(tmp_path, content, needle):
     assert proc.returncode != 0 and needle in proc.stderr and "Traceback" not in proc.stderr
     assert f"error: {path}: " in proc.stderr
 
+
+@pytest.mark.parametrize("rng,same", [("eager", True), ("inductor", False)])
+def test_dropout_masks_bench_tells_eager_masks_from_other_ones_at_medgemmas_layer_shape(rng, same):
+    """bench/dropout_masks.py on CPU (one MedGemma-4B-shaped layer, fp32): the fast path with
+    model.compile_rng=eager draws eager's masks (gradients equal to rounding); with inductor's
+    own masks, the control, the adapter gradients differ by about their size."""
+    proc = subprocess.run([sys.executable, "bench/dropout_masks.py", "--layers", "1", "--seq-len", "64", "--rng", rng],
+                          cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "2"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["same_masks"] is same and out["lever"] == "fast" and out["dtype"] == "float32"
+    if same:
+        assert max(out["worst_grads"].values()) < 1e-4 and out["loss_rel_diff"] < 1e-5
+    else:
+        assert out["median_grad_diff"] > 0.3
