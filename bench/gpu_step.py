@@ -96,6 +96,10 @@ CONFIGS: dict[str, dict] = {
     # gradient norm before queueing the update, as before train.adamw existed; "fast" takes fused
     # AdamW on CUDA (the nan guard on the device, the numbers read a step later: medslm.optimizer)
     "fast_unfused": dict(compile=True, fused_kernels="none", lora_forward="fused", adamw="unfused"),
+    # "fast" with inductor's combo kernels (independent small kernels launched as one): call 5's
+    # timeline has 14 one-tensor casts of LoRA A/B to bf16 among each compiled layer call's
+    # launches, and the forward is where the host falls behind the GPU (12.8 ms a step)
+    "fast_combo": dict(compile=True, fused_kernels="none", lora_forward="fused", inductor={"combo_kernels": True}),
     # a bench-only host-time experiment, set up in the child only: dynamo's guards left unevaluated
     # once the compiles are done (unsafe for a product: a changed input would reuse a stale graph)
     "fast_skip_guards": dict(compile=True, fused_kernels="none", lora_forward="fused", skip_guards_after=3),
