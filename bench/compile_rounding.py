@@ -45,20 +45,15 @@ def chain_mismatches() -> dict:
 
 
 def model_step(compiled: bool, emulate: bool) -> tuple[float, dict]:
-    from conftest import answer_examples
+    from conftest import answer_examples, lora_with_nonzero_b
     from medslm import acceleration, lora_fast
-    from medslm.modeling import LoraConfigSection, ModelConfig, apply_lora, load_base_model
+    from medslm.modeling import ModelConfig, load_base_model
     from medslm.packing import PackedCollator
     from medslm.trainer import batch_loss_sum
 
     cpu = torch.device("cpu")
     cfg = ModelConfig(name_or_path="embedded:tiny-gemma3", quantization="none", attention="packed", compute_dtype="bfloat16")
-    base = load_base_model(cfg, cpu)
-    torch.manual_seed(0)
-    model = apply_lora(base, LoraConfigSection(r=4, alpha=8, dropout=0.05), gradient_checkpointing=True)
-    for n, p in model.named_parameters():
-        if "lora_B" in n:
-            torch.nn.init.normal_(p, std=0.02)
+    model = lora_with_nonzero_b(load_base_model(cfg, cpu), dropout=0.05)
     lora_fast.enable(model)
     if compiled:
         with torch._inductor.config.patch(emulate_precision_casts=emulate):

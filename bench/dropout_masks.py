@@ -53,20 +53,15 @@ def philox_offset() -> int | None:
 
 
 def step(model_dir: Path, device: torch.device, dtype: torch.dtype, lever: str | None, rng: str, seq_len: int) -> dict:
-    from conftest import answer_examples
+    from conftest import answer_examples, lora_with_nonzero_b
     from medslm import acceleration, lora_fast
-    from medslm.modeling import AdapterPrecision, LoraConfigSection, ModelConfig, apply_lora, load_base_model
+    from medslm.modeling import AdapterPrecision, ModelConfig, load_base_model
     from medslm.packing import PackedCollator
     from medslm.trainer import batch_loss_sum
 
     cfg = ModelConfig(name_or_path=str(model_dir), quantization="nf4", attention="packed",
                       compute_dtype="bfloat16" if dtype == torch.bfloat16 else "float32")
-    base = load_base_model(cfg, device)
-    torch.manual_seed(0)
-    model = apply_lora(base, LoraConfigSection(r=4, alpha=8, dropout=0.5), gradient_checkpointing=True)
-    for n, p in model.named_parameters():
-        if "lora_B" in n:
-            torch.nn.init.normal_(p, std=0.02)
+    model = lora_with_nonzero_b(load_base_model(cfg, device), dropout=0.5)
     if lever in ("fast", "lora"):
         lora_fast.enable(model, compiled_nf4=lever == "fast")
     if lever in ("fast", "compile"):

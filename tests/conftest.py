@@ -93,6 +93,22 @@ def answer_examples(lengths, seed: int = 0) -> list[dict]:
     return out
 
 
+def lora_with_nonzero_b(base, dropout: float, r: int = 4, alpha: int = 8):
+    """PEFT LoRA on every linear layer (activation checkpointing on), seeded, with LoRA B drawn
+    from N(0, 0.02) instead of zeros, so every adapter weight gets a gradient that depends on its
+    input (and its dropout mask) from the first step."""
+    import torch
+
+    from medslm.modeling import LoraConfigSection, apply_lora
+
+    torch.manual_seed(0)  # after loading: materialising the embedded model draws from the generator once
+    model = apply_lora(base, LoraConfigSection(r=r, alpha=alpha, dropout=dropout), gradient_checkpointing=True)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.02)
+    return model
+
+
 def assert_packed_grads_equal_per_example(make_model, examples: list[dict]) -> None:
     """Gradients of one packed row of ``examples`` equal the sum of each example's gradients alone
     (two models from ``make_model()``, same init): packing neither leaks nor reweights."""

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import answer_examples, assert_packed_grads_equal_per_example, tiny_run
+from conftest import answer_examples, assert_packed_grads_equal_per_example, lora_with_nonzero_b, tiny_run
 from medslm import acceleration, lora_fast
 from medslm.config import ConfigError
-from medslm.modeling import LoraConfigSection, ModelConfig, apply_lora, decoder_layers, load_base_model
+from medslm.modeling import ModelConfig, decoder_layers, load_base_model
 from medslm.packing import PackedCollator
 from medslm.trainer import batch_loss_sum
 
@@ -20,11 +20,7 @@ CPU = torch.device("cpu")
 
 def _lora_model(name, quant="nf4", dropout=0.05, fast=False, compiled=False, dtype="auto", backend="inductor", rng="eager", nf4="inductor"):
     base = load_base_model(ModelConfig(name_or_path=name, quantization=quant, attention="packed", compute_dtype=dtype), CPU)
-    torch.manual_seed(0)  # after loading: materialising the embedded model draws from the generator once
-    model = apply_lora(base, LoraConfigSection(r=4, alpha=8, dropout=dropout), gradient_checkpointing=True)
-    for n, p in model.named_parameters():  # non-zero B so every LoRA weight gets a gradient
-        if "lora_B" in n:
-            torch.nn.init.normal_(p, std=0.02)
+    model = lora_with_nonzero_b(base, dropout)
     if fast:  # as accelerate() does: compiled layers dequantise NF4 with torch ops unless nf4="bitsandbytes"
         assert lora_fast.enable(model, compiled_nf4=compiled and nf4 == "inductor") > 0
     if compiled:
