@@ -20,7 +20,8 @@ uncompiled; each is compared with PEFT's uncompiled forward. On CUDA the random 
 drew (the generator's offset) are reported too.
 
 One JSON line: the loss's relative difference, the worst adapter gradients' relative differences
-(norm of the difference over the norm) and ``same_masks`` (every gradient within 1e-3 in fp32,
+(norm of the difference over the norm), the worst per projection (``by_module``: a mask drawn
+otherwise for some modules only, say from a layout the compiled graph chose, shows there) and ``same_masks`` (every gradient within 1e-3 in fp32,
 0.25 in bf16).
 """
 
@@ -81,6 +82,18 @@ def step(model_dir: Path, device: torch.device, dtype: torch.dtype, lever: str |
             "grads": {n: p.grad.detach().float().cpu() for n, p in model.named_parameters() if p.requires_grad}}
 
 
+def by_module(diffs: dict[str, float]) -> dict[str, float]:
+    """``{"q_proj.lora_A": worst relative difference over the layers, ...}``."""
+    out: dict[str, float] = {}
+    for name, d in diffs.items():
+        parts = name.split(".")
+        proj = next((p for p in parts if p.endswith("_proj")), name)
+        mat = next((p for p in parts if p.startswith("lora_")), "")
+        key = f"{proj}.{mat}"
+        out[key] = round(max(out.get(key, 0.0), d), 6)
+    return dict(sorted(out.items()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -109,6 +122,8 @@ def main() -> None:
         "random_numbers_drawn": {"eager": eager["drawn"], a.lever: other["drawn"]},
         "worst_grads": {k.replace("base_model.model.model.", ""): round(v, 6) for k, v in worst[:6]},
         "median_grad_diff": round(sorted(diffs.values())[len(diffs) // 2], 6),
+        # the largest difference per projection and adapter matrix over the layers: which modules' masks differ
+        "by_module": by_module(diffs),
         "same_masks": all(v <= SAME[dtype] for v in diffs.values()), "seconds": round(time.perf_counter() - t, 1),
     }))
 

@@ -141,6 +141,8 @@ def test_dropout_masks_bench_tells_eager_masks_from_other_ones_at_medgemmas_laye
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["same_masks"] is same and out["lever"] == "fast" and out["dtype"] == "float32"
+    projections = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    assert set(out["by_module"]) == {f"{p}.lora_{m}" for p in projections for m in "AB"}  # every adapted module, named
     if same:
         assert max(out["worst_grads"].values()) < 1e-4 and out["loss_rel_diff"] < 1e-5
     else:
