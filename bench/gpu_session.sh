@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything the GPU speed work needs from one GPU, in one call: versions, the GPU tests (first: a
-# broken fast path shows in a minute), then the bench at MedGemma-4B
-# shape (eager baseline twice, the fast path with each NF4 form, TRL in the same run, loss parity,
-# a profile and timeline of the fast path). Prints a compact table at the end; logs and JSON go under $OUT.
+# broken fast path shows in a minute), the dropout-mask check of each fast-path lever at
+# MedGemma's layer shape, then the bench at MedGemma-4B shape (eager twice, each lever alone, the
+# fast path and a variant, TRL in the same run, loss parity, a profile and timeline of the fast
+# path). Prints a compact table at the end; logs and JSON go under $OUT.
 #
 #   OUT=/tmp/out bash bench/gpu_session.sh                 # on a GPU machine, from the repo root
 #   SHAPE=tiny STEPS=3 PARITY_STEPS=4 bash bench/gpu_session.sh   # dry run of the script on a CPU
