@@ -10,7 +10,8 @@ model's forward and handed down to every attention layer.
   sliding window (Gemma 3's local layers) is dropped when no segment of the batch is longer than
   it (the same attention, exactly); torch < 2.12 has no windowed varlen op, so a longer segment
   then takes the per-segment path below.
-- CPU (and any other device): scaled-dot-product attention over each segment alone. The work is
+- CPU (and any other device, and fp32 on CUDA, which the flash kernels do not take):
+  scaled-dot-product attention over each segment alone. The work is
   sum(len_i^2) instead of T^2, which is why packing is faster than padding here and not only
   equal.
 
@@ -112,6 +113,7 @@ _VARLEN_PARAMS: set[str] = set(inspect.signature(_torch_varlen_attn).parameters)
 _HAS_TORCH_VARLEN = bool(_VARLEN_PARAMS)
 _HAS_FLASH_ATTN = importlib.util.find_spec("flash_attn") is not None
 _VARLEN_WINDOW = "window_size" in _VARLEN_PARAMS
+_FLASH_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def _varlen_cuda(q, k, v, cu, max_len, scale, window):
@@ -170,7 +172,9 @@ def packed_attention_forward(
         _check_cu_seqlens(cu_seq_lens_q, seq)
     window = int(sliding_window) if sliding_window else None
     drop = dropout if module.training else 0.0
-    if query.is_cuda and drop == 0.0 and (_HAS_TORCH_VARLEN or _HAS_FLASH_ATTN):
+    # the flash kernels take half precision only: fp32 on CUDA (model.compute_dtype: float32, a
+    # precision reference) goes per segment, through SDPA's fp32 kernels
+    if query.is_cuda and drop == 0.0 and query.dtype in _FLASH_DTYPES and (_HAS_TORCH_VARLEN or _HAS_FLASH_ATTN):
         max_len = int(max_length_q) if max_length_q else int((cu_seq_lens_q[1:] - cu_seq_lens_q[:-1]).max())
         if window is not None and max_len <= window:
             window = None  # no segment outgrows the window: plain causal attention is the same function
