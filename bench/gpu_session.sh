@@ -10,7 +10,7 @@
 #
 # Knobs (environment): CONFIGS, STEPS, PARITY (configurations compared with eager), PARITY_STEPS,
 # PROFILE (configurations profiled), TRACE (profiled configurations whose timelines come back as
-# trace_<name>.json.gz), BENCH_TIMEOUT, CONFIG_TIMEOUT, TEST_TIMEOUT, RUN_TESTS=0|1, MASKS (levers
+# trace_<name>.json.gz), BENCH_TIMEOUT, CONFIG_TIMEOUT, TEST_TIMEOUT, RUN_TESTS=0|1, TESTS_K (pytest -k of the GPU tests), MASKS (levers
 # for bench/dropout_masks.py, e.g. fast,compile,lora,fast/inductor, run side by side before the
 # bench; MASKS_LAYERS, MASKS_SEQ, MASKS_DTYPE, MASKS_TIMEOUT).
 # Wheels for packages the machine lacks (bitsandbytes, liger-kernel, trl, datasets, dill,
@@ -60,7 +60,7 @@ EOF
 if [ "${RUN_TESTS:-1}" = 1 ]; then  # RUN_TESTS=0 when tests/test_gpu.py's code is unchanged since it last passed
   echo "== tests/test_gpu.py"
   # no log capture: torch's DEBUG records otherwise fill the report and push the failure out of the tail
-  timeout "${TEST_TIMEOUT:-150}" $PY -m pytest -q -p no:cacheprovider -p no:logging --tb=short tests/test_gpu.py > "$OUT/test_gpu.log" 2>&1
+  timeout "${TEST_TIMEOUT:-150}" $PY -m pytest -q -p no:cacheprovider -p no:logging --tb=short tests/test_gpu.py ${TESTS_K:+-k "$TESTS_K"} > "$OUT/test_gpu.log" 2>&1
   echo "tests exit $?"
   grep -E "^(E |FAILED|tests/test_gpu.py:[0-9]+:)|passed|failed|skipped|error" "$OUT/test_gpu.log" | tail -30
   pack

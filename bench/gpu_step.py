@@ -100,6 +100,14 @@ CONFIGS: dict[str, dict] = {
     # timeline has 14 one-tensor casts of LoRA A/B to bf16 among each compiled layer call's
     # launches, and the forward is where the host falls behind the GPU (12.8 ms a step)
     "fast_combo": dict(compile=True, fused_kernels="none", lora_forward="fused", inductor={"combo_kernels": True}),
+    # eager with other dropout masks (the generators reseeded at the first forward; adapter init
+    # and row order unchanged): how far the loss after the first update moves with the masks alone,
+    # the spread the fast path's step 2 (1.14% off eager in calls 4-6) is read against
+    # eager in fp32 (NF4 dequantised to fp32, fp32 activations and elementwise work, TF32 matmuls
+    # on CUDA, per-segment attention): a more precise reference; which bf16 path's losses lie
+    # nearer it after the first update
+    "eager_fp32": dict(compile=False, fused_kernels="none", lora_forward="peft", dtype="float32", tf32=True),
+    "eager_masks2": dict(compile=False, fused_kernels="none", lora_forward="peft", mask_seed=1234),
     # a bench-only host-time experiment, set up in the child only: dynamo's guards left unevaluated
     # once the compiles are done (unsafe for a product: a changed input would reuse a stale graph)
     "fast_skip_guards": dict(compile=True, fused_kernels="none", lora_forward="fused", skip_guards_after=3),
@@ -130,7 +138,7 @@ def train_config(spec: dict):
     argv = [
         "--config", str(REPO / "configs" / "medgemma-4b.yaml"),
         f"--model.name_or_path={spec['model_dir']}",
-        f"--model.compute_dtype={spec['dtype']}",
+        f"--model.compute_dtype={lever.get('dtype', spec['dtype'])}",
         f"--model.compile={str(lever['compile']).lower()}",
         f"--model.compile_rng={lever.get('compile_rng', 'eager')}",
         f"--model.compile_nf4={lever.get('compile_nf4', 'inductor')}",
@@ -316,6 +324,18 @@ class GcTimer:
 def experiment_hooks(lever: dict) -> None:
     """The bench-only host-time experiments of a configuration (none for the product's own)."""
     import torch
+
+    if lever.get("tf32"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+    mask_seed = lever.get("mask_seed")
+    if mask_seed is not None:
+        from torch.nn.modules.module import register_module_forward_pre_hook
+
+        def reseed(module, args):
+            torch.manual_seed(mask_seed)  # CPU and every CUDA device's generator: the masks' stream
+            handle.remove()
+
+        handle = register_module_forward_pre_hook(reseed)  # the model's first forward is step 1's
 
     after = lever.get("skip_guards_after")
     if after:
