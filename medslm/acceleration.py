@@ -69,7 +69,7 @@ def accelerate(model: torch.nn.Module, cfg: Any, device: torch.device) -> dict[s
     if wants_liger(cfg.fused_kernels, device, cfg.compile):
         report["liger"] = patch_liger(model)
     if cfg.compile:
-        report["compiled_layers"] = compile_layers(model, rng=cfg.compile_rng)
+        report["compiled_layers"] = compile_layers(model, rng=cfg.compile_rng, combo_kernels=cfg.compile_combo_kernels)
     return report
 
 
@@ -77,7 +77,7 @@ def accelerate(model: torch.nn.Module, cfg: Any, device: torch.device) -> dict[s
 # Regional compilation
 # ---------------------------------------------------------------------------------------------
 
-_COMPILED: dict[tuple[type, str, str], Any] = {}
+_COMPILED: dict[tuple[type, str, str, bool], Any] = {}
 
 
 def _plain_forward(cls: type) -> Any:
@@ -101,9 +101,11 @@ def _checkpointing_forward(compiled: Any) -> Any:
     return forward
 
 
-def compile_layers(model: torch.nn.Module, backend: str | None = None, rng: str = "eager") -> int:
-    """Compile every decoder layer's own ``forward``, one compiled function per layer class and
-    dropout-mask source (``rng``: ``eager`` or ``inductor``, see ``model.compile_rng``).
+def compile_layers(model: torch.nn.Module, backend: str | None = None, rng: str = "eager", combo_kernels: bool = True) -> int:
+    """Compile every decoder layer's own ``forward``, one compiled function per layer class,
+    dropout-mask source (``rng``: ``eager`` or ``inductor``, see ``model.compile_rng``) and
+    ``combo_kernels`` setting (``model.compile_combo_kernels``; inductor's option, scoped to these
+    graphs rather than set process-wide).
 
     The checkpointing wrapper and the module's hooks stay outside the compiled region: a graph
     break (e.g. CPU's per-segment attention) then costs one split graph rather than the whole
@@ -117,13 +119,13 @@ def compile_layers(model: torch.nn.Module, backend: str | None = None, rng: str 
     if rng not in ("eager", "inductor"):
         raise ConfigError(f"model.compile_rng: {rng!r} is not one of eager, inductor")
     # only inductor generates its own random numbers; other backends run aten's, i.e. eager's
-    options = {"fallback_random": rng == "eager"} if backend == "inductor" else None
+    options = {"fallback_random": rng == "eager", "combo_kernels": bool(combo_kernels)} if backend == "inductor" else None
     layers = decoder_layers(model)
     for layer in layers:
         cls = type(layer)
         if "_medslm_compiled" in layer.__dict__:
             continue
-        key = (cls, backend, rng)
+        key = (cls, backend, rng, bool(combo_kernels))
         if key not in _COMPILED:
             plain = _plain_forward(cls)
             compiled = torch.compile(plain, backend=backend, options=options)

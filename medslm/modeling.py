@@ -57,6 +57,10 @@ class ModelConfig:
     # turns into a kernel of its own (no call back into Python per projection, medslm/nf4.py);
     # bitsandbytes, its own operators
     compile_nf4: Literal["inductor", "bitsandbytes"] = "inductor"
+    # inductor's combo kernels: a compiled layer's independent small kernels (the casts of its 14
+    # LoRA weights to the compute dtype, among others) launched as one, which shortens the host's
+    # launch work where the forward waits on it (1.03x a step on one H100, BENCHMARKS.md)
+    compile_combo_kernels: bool = True
     fused_kernels: Literal["auto", "liger", "none"] = "auto"  # auto: Liger's kernels on CUDA if installed, unless compiled
     lora_forward: Literal["auto", "fused", "peft"] = "auto"  # auto: medslm/lora_fast.py on CUDA, PEFT's forward on CPU
     trust_remote_code: bool = False  # run Python code shipped with a hub model (off: transformers' own classes only)

@@ -102,6 +102,7 @@ RESUME_MAY_CHANGE = (
     "model.compile",
     "model.compile_rng",
     "model.compile_nf4",
+    "model.compile_combo_kernels",
     "model.fused_kernels",
     "model.lora_forward",
     "data.packed",

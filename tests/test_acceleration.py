@@ -102,6 +102,31 @@ def test_compiled_fast_lora_adds_downstream_instead_of_copying_the_base_output(m
     assert any("add_gelu" in line for line in codes["add"].splitlines() if "fused" in line)  # add fused into GELU
 
 
+@pytest.mark.parametrize("combo", [True, False])
+def test_combo_kernels_reach_inductor_per_compile_not_process_wide(combo, monkeypatch):
+    """model.compile_combo_kernels goes to torch.compile's inductor options of the layers' graphs
+    (with eager's masks kept), and inductor's process-wide config is left as it was."""
+    import torch._inductor.config as inductor_config
+
+    seen = []
+    real = torch.compile
+
+    def spy(fn, **kw):
+        seen.append({**kw, "fn": getattr(fn, "__qualname__", repr(fn))})
+        return real(fn, **kw)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    monkeypatch.setattr(acceleration, "_COMPILED", {})
+    before = inductor_config.combo_kernels
+    model = lora_with_nonzero_b(load_base_model(ModelConfig(name_or_path="embedded", quantization="none", attention="packed"), CPU), 0.05)
+    report = acceleration.accelerate(model, ModelConfig(compile=True, compile_combo_kernels=combo), CPU)
+    assert report["compiled_layers"] == len(decoder_layers(model))
+    layers = [kw for kw in seen if kw["fn"].endswith("DecoderLayer.forward")]  # bitsandbytes compiles its own at import
+    assert len(layers) == 1 and layers[0]["backend"] == "inductor", seen
+    assert layers[0]["options"] == {"fallback_random": True, "combo_kernels": combo}
+    assert inductor_config.combo_kernels == before
+
+
 def test_new_segment_lengths_recompile_once_then_never():
     """The longest segment (an int handed to the attention) changes with every batch: dynamo
     recompiles once with it dynamic, and later batches reuse that graph. Graph capture is the
