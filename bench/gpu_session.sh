@@ -3,8 +3,7 @@
 # broken fast path shows in a minute), optionally the dropout-mask check of each fast-path lever
 # at MedGemma's layer shape (MASKS), then the bench at MedGemma-4B shape (eager, eager with other
 # masks, the fast path with and without combo kernels, TRL in the same run, loss parity, a profile
-# and timeline of the fast
-# path). Prints a compact table at the end; logs and JSON go under $OUT.
+# and timeline of the fast path). Prints a compact table at the end; logs and JSON go under $OUT.
 #
 #   OUT=/tmp/out bash bench/gpu_session.sh                 # on a GPU machine, from the repo root
 #   SHAPE=tiny STEPS=3 PARITY_STEPS=4 bash bench/gpu_session.sh   # dry run of the script on a CPU

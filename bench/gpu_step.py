@@ -99,13 +99,13 @@ CONFIGS: dict[str, dict] = {
     # "fast" without inductor's combo kernels (model.compile_combo_kernels=false: each small
     # independent kernel launched on its own, as before call 7; combo kernels gave 1.03x there)
     "fast_nocombo": dict(compile=True, fused_kernels="none", lora_forward="fused", combo_kernels=False),
-    # eager with other dropout masks (the generators reseeded at the first forward; adapter init
-    # and row order unchanged): how far the loss after the first update moves with the masks alone,
-    # the spread the fast path's step 2 (1.14% off eager in calls 4-6) is read against
     # eager in fp32 (NF4 dequantised to fp32, fp32 activations and elementwise work, TF32 matmuls
     # on CUDA, per-segment attention): a more precise reference; which bf16 path's losses lie
     # nearer it after the first update
     "eager_fp32": dict(compile=False, fused_kernels="none", lora_forward="peft", dtype="float32", tf32=True),
+    # eager with other dropout masks (the generators reseeded at the first forward; adapter init
+    # and row order unchanged): how far the loss after the first update moves with the masks alone,
+    # the spread the fast path's step 2 (1.14% off eager in calls 4-6) is read against
     "eager_masks2": dict(compile=False, fused_kernels="none", lora_forward="peft", mask_seed=1234),
     # a bench-only host-time experiment, set up in the child only: dynamo's guards left unevaluated
     # once the compiles are done (unsafe for a product: a changed input would reuse a stale graph)
@@ -322,7 +322,9 @@ class GcTimer:
 
 
 def experiment_hooks(lever: dict) -> None:
-    """The bench-only host-time experiments of a configuration (none for the product's own)."""
+    """The bench-only experiments of a configuration, set up in its child process: host time
+    (guards), numerics (TF32 for the fp32 reference) and masks (reseeded); none for the product's
+    own configurations."""
     import torch
 
     if lever.get("tf32"):
