@@ -18,6 +18,15 @@ compiled path), each measured on its own in ``bench/gpu_step.py``:
   not the masks, so a run compiled and one not are the same run to bf16 rounding, dropout
   included. ``inductor`` lets inductor draw its own philox numbers inside its fused kernels and
   regenerate them in backward; on one H100 that was 8% slower than eager draws (BENCHMARKS.md).
+  ``model.compile_rounding``: ``eager`` (the default) has inductor round each fused operation's
+  result to the compute dtype wherever the uncompiled layer stores one (its
+  ``emulate_precision_casts``, per compiled function), so the compiled path carries the same bf16
+  rounding as eager. ``fused`` keeps fp32 across a fused chain: fewer roundings, nearer an fp32
+  run, but another run than eager's. It matters most right after the first optimizer step: LoRA's
+  B then holds one Adam step (about the learning rate per weight) and its contribution is below
+  bf16's resolution of the base output, so eager rounds most of it away where a fused kernel keeps
+  it (MedGemma 4B's shape: step 2's loss 0.66% off eager with ``fused`` on CPU and 1.12% on one
+  H100, 0.005% with ``eager`` on CPU; BENCHMARKS.md).
 - ``model.fused_kernels``: Liger-Kernel's Triton RMSNorm, GeGLU / SwiGLU and RoPE for Gemma 3 and
   Llama, patched per module instance (RoPE through a dispatcher that only takes CUDA tensors).
   ``auto`` uses them on CUDA when ``liger_kernel`` is installed and the layers are not compiled
@@ -69,7 +78,8 @@ def accelerate(model: torch.nn.Module, cfg: Any, device: torch.device) -> dict[s
     if wants_liger(cfg.fused_kernels, device, cfg.compile):
         report["liger"] = patch_liger(model)
     if cfg.compile:
-        report["compiled_layers"] = compile_layers(model, rng=cfg.compile_rng, combo_kernels=cfg.compile_combo_kernels)
+        report["compiled_layers"] = compile_layers(
+            model, rng=cfg.compile_rng, combo_kernels=cfg.compile_combo_kernels, rounding=cfg.compile_rounding)
     return report
 
 
@@ -77,7 +87,7 @@ def accelerate(model: torch.nn.Module, cfg: Any, device: torch.device) -> dict[s
 # Regional compilation
 # ---------------------------------------------------------------------------------------------
 
-_COMPILED: dict[tuple[type, str, str, bool], Any] = {}
+_COMPILED: dict[tuple[type, str, str, bool, str], Any] = {}
 
 
 def _plain_forward(cls: type) -> Any:
@@ -101,11 +111,12 @@ def _checkpointing_forward(compiled: Any) -> Any:
     return forward
 
 
-def compile_layers(model: torch.nn.Module, backend: str | None = None, rng: str = "eager", combo_kernels: bool = True) -> int:
+def compile_layers(model: torch.nn.Module, backend: str | None = None, rng: str = "eager", combo_kernels: bool = True, rounding: str = "eager") -> int:
     """Compile every decoder layer's own ``forward``, one compiled function per layer class,
-    dropout-mask source (``rng``: ``eager`` or ``inductor``, see ``model.compile_rng``) and
-    ``combo_kernels`` setting (``model.compile_combo_kernels``; inductor's option, scoped to these
-    graphs rather than set process-wide).
+    dropout-mask source (``rng``: ``eager`` or ``inductor``, see ``model.compile_rng``),
+    ``combo_kernels`` setting (``model.compile_combo_kernels``) and rounding (``rounding``:
+    ``eager`` or ``fused``, see ``model.compile_rounding``). Inductor's options are scoped to these
+    graphs rather than set process-wide.
 
     The checkpointing wrapper and the module's hooks stay outside the compiled region: a graph
     break (e.g. CPU's per-segment attention) then costs one split graph rather than the whole
@@ -118,14 +129,19 @@ def compile_layers(model: torch.nn.Module, backend: str | None = None, rng: str 
     backend = backend or os.environ.get("MEDSLM_COMPILE_BACKEND", "inductor")
     if rng not in ("eager", "inductor"):
         raise ConfigError(f"model.compile_rng: {rng!r} is not one of eager, inductor")
-    # only inductor generates its own random numbers; other backends run aten's, i.e. eager's
-    options = {"fallback_random": rng == "eager", "combo_kernels": bool(combo_kernels)} if backend == "inductor" else None
+    if rounding not in ("eager", "fused"):
+        raise ConfigError(f"model.compile_rounding: {rounding!r} is not one of eager, fused")
+    # only inductor generates its own random numbers and fuses across roundings; other backends
+    # run aten's operators, i.e. eager's
+    options = None
+    if backend == "inductor":
+        options = {"fallback_random": rng == "eager", "combo_kernels": bool(combo_kernels), "emulate_precision_casts": rounding == "eager"}
     layers = decoder_layers(model)
     for layer in layers:
         cls = type(layer)
         if "_medslm_compiled" in layer.__dict__:
             continue
-        key = (cls, backend, rng, bool(combo_kernels))
+        key = (cls, backend, rng, bool(combo_kernels), rounding)
         if key not in _COMPILED:
             plain = _plain_forward(cls)
             compiled = torch.compile(plain, backend=backend, options=options)

@@ -61,6 +61,10 @@ class ModelConfig:
     # LoRA weights to the compute dtype, among others) launched as one, which shortens the host's
     # launch work where the forward waits on it (1.03x a step on one H100, BENCHMARKS.md)
     compile_combo_kernels: bool = True
+    # how compiled layers round: eager, to the compute dtype wherever the uncompiled layer stores a
+    # result (inductor's emulate_precision_casts), so compile on/off is the same run in bf16 too;
+    # fused, fp32 across each fused kernel (nearer fp32, another run than eager's; BENCHMARKS.md)
+    compile_rounding: Literal["eager", "fused"] = "eager"
     fused_kernels: Literal["auto", "liger", "none"] = "auto"  # auto: Liger's kernels on CUDA if installed, unless compiled
     lora_forward: Literal["auto", "fused", "peft"] = "auto"  # auto: medslm/lora_fast.py on CUDA, PEFT's forward on CPU
     trust_remote_code: bool = False  # run Python code shipped with a hub model (off: transformers' own classes only)

@@ -103,6 +103,7 @@ RESUME_MAY_CHANGE = (
     "model.compile_rng",
     "model.compile_nf4",
     "model.compile_combo_kernels",
+    "model.compile_rounding",
     "model.fused_kernels",
     "model.lora_forward",
     "data.packed",

@@ -93,6 +93,43 @@ def answer_examples(lengths, seed: int = 0) -> list[dict]:
     return out
 
 
+def bf16_lora_step(name: str, quant: str, compiled: bool, rounding: str = "eager", device: str = "cpu"):
+    """One packed bf16 training step of ``name`` as train.py runs it (the adapter in bf16 under
+    AdapterPrecision, the fused LoRA forward when compiled, dropout 0.05 from torch's generator),
+    with every LoRA B weight at +-1e-4: where one Adam step at lr 1e-4 leaves it from zeros, and
+    below bf16's resolution of the base outputs. Returns the logits and the adapter's gradients."""
+    import torch
+
+    from medslm import acceleration
+    from medslm.modeling import AdapterPrecision, LoraConfigSection, ModelConfig, apply_lora, load_base_model
+    from medslm.packing import PackedCollator
+    from medslm.trainer import batch_loss_sum, packed_forward_kwargs
+
+    dev = torch.device(device)
+    mcfg = ModelConfig(name_or_path=name, quantization=quant, attention="packed", compute_dtype="bfloat16",
+                       compile=compiled, compile_rounding=rounding, lora_forward="fused" if compiled else "peft")
+    base = load_base_model(mcfg, dev)
+    torch.manual_seed(0)
+    model = apply_lora(base, LoraConfigSection(r=16, alpha=64, dropout=0.05), gradient_checkpointing=True)
+    signs = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.copy_((torch.randint(0, 2, p.shape, generator=signs) * 2 - 1) * 1e-4)
+    if compiled:
+        acceleration.accelerate(model, mcfg, dev)
+    model.train()
+    batch = PackedCollator(64, 0)([answer_examples([11, 25, 6]), answer_examples([30, 20], seed=1)])
+    precision = AdapterPrecision(model, mcfg, dev)
+    torch.manual_seed(100)
+    with precision.step():
+        with precision.forward():
+            logits = model(**packed_forward_kwargs(batch, dev)).logits
+            loss, _ = batch_loss_sum(model, batch, True, dev)
+        loss.backward()
+    return logits.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
 def lora_with_nonzero_b(base, dropout: float, r: int = 4, alpha: int = 8):
     """PEFT LoRA on every linear layer (activation checkpointing on), seeded, with LoRA B drawn
     from N(0, 0.02) instead of zeros, so every adapter weight gets a gradient that depends on its
