@@ -9,6 +9,12 @@ Two checks, one JSON line:
   the fast LoRA forward, compiled layers against the same model uncompiled: the loss's relative
   difference and the adapter gradients' largest and mean relative difference (norm of the
   difference over the norm), with inductor's default rounding and with eager's.
+
+Both check a state where bf16 resolves LoRA's contribution (B drawn from N(0, 0.02)), and the
+model step runs outside train.py's bf16 adapter path, so they do not show what the option does
+to the loss after the first update; that is BENCHMARKS.md's CPU study at MedGemma 4B's shape
+(``bench/gpu_step.py --rows 1 --seq-len 512 --dtype bfloat16``), which made the option
+``model.compile_rounding``'s default.
 """
 
 from __future__ import annotations
