@@ -118,9 +118,9 @@ def test_fast_path_tracks_eager_in_bf16_on_cuda(lever):
 def test_compiled_layers_round_nearer_eager_than_fused_kernels_on_cuda():
     """model.compile_rounding=eager on CUDA: with LoRA's B just past its first update (below bf16's
     resolution of the base outputs), the compiled forward's logits differ from eager's in fewer
-    places than with compile_rounding=fused. On CPU the same
-    forward equals eager bit for bit (tests/test_acceleration.py); Triton's reductions sum in
-    another order than ATen's, so here the test asks for nearer, not equal."""
+    places than with compile_rounding=fused. On CPU the same forward equals eager bit for bit
+    (tests/test_acceleration.py); Triton's reductions sum in another order than ATen's, so here
+    the test asks for nearer, not equal."""
     from conftest import bf16_lora_step
 
     want, _ = bf16_lora_step("embedded", "nf4", compiled=False, device="cuda")
