@@ -61,15 +61,13 @@ def model_step(compiled: bool, emulate: bool) -> tuple[float, dict]:
     cfg = ModelConfig(name_or_path="embedded:tiny-gemma3", quantization="none", attention="packed", compute_dtype="bfloat16")
     model = lora_with_nonzero_b(load_base_model(cfg, cpu), dropout=0.05)
     lora_fast.enable(model)
-    if compiled:
-        with torch._inductor.config.patch(emulate_precision_casts=emulate):
-            acceleration.compile_layers(model)
+    if compiled:  # model.compile_rounding: eager passes emulate_precision_casts to each layer's compile
+        acceleration.compile_layers(model, rounding="eager" if emulate else "fused")
     model.train()
     batch = PackedCollator(64, 0)([answer_examples([11, 25, 6]), answer_examples([30, 20], seed=1)])
     torch.manual_seed(100)
-    with torch._inductor.config.patch(emulate_precision_casts=emulate):  # read when the layers compile, at the first call
-        loss, _ = batch_loss_sum(model, batch, True, cpu)
-        loss.backward()
+    loss, _ = batch_loss_sum(model, batch, True, cpu)
+    loss.backward()
     return float(loss), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
