@@ -120,12 +120,14 @@ def test_compiled_layers_round_nearer_eager_than_fused_kernels_on_cuda():
     resolution of the base outputs), the compiled forward's logits differ from eager's in fewer
     places than with compile_rounding=fused. On CPU the same forward equals eager bit for bit
     (tests/test_acceleration.py); Triton's reductions sum in another order than ATen's, so here
-    the test asks for nearer, not equal."""
+    the test asks for nearer, not equal. A bf16 base, not NF4: on CUDA the compiled NF4
+    dequantisation may differ from bitsandbytes' in the last bit (the test below), which would
+    blur both sides alike."""
     from conftest import bf16_lora_step
 
-    want, _ = bf16_lora_step("embedded", "nf4", compiled=False, device="cuda")
-    rounded, _ = bf16_lora_step("embedded", "nf4", compiled=True, device="cuda")
-    fused, _ = bf16_lora_step("embedded", "nf4", compiled=True, rounding="fused", device="cuda")
+    want, _ = bf16_lora_step("embedded", "none", compiled=False, device="cuda")
+    rounded, _ = bf16_lora_step("embedded", "none", compiled=True, device="cuda")
+    fused, _ = bf16_lora_step("embedded", "none", compiled=True, rounding="fused", device="cuda")
     off = {k: float((v != want).float().mean()) for k, v in (("eager", rounded), ("fused", fused))}
     assert off["eager"] < off["fused"], off
 
