@@ -2,7 +2,7 @@
 
     python bench/compile_rounding.py
 
-Two checks, one JSON line:
+Three checks, one JSON line:
 - ``chain``: an RMSNorm + GeGLU + residual chain in bf16, compiled with and without the option,
   against eager: how many outputs differ.
 - ``model``: one packed step (loss and backward) of ``embedded:tiny-gemma3`` in bf16 with LoRA and
@@ -10,7 +10,13 @@ Two checks, one JSON line:
   difference and the adapter gradients' largest and mean relative difference (norm of the
   difference over the norm), with inductor's default rounding and with eager's.
 
-Both check a state where bf16 resolves LoRA's contribution (B drawn from N(0, 0.02)), and the
+- ``kernels``: one packed bf16 step of each tiny model as train.py runs it (``conftest.
+  bf16_lora_step``: LoRA B just past its first update), compiled with each
+  ``model.compile_rounding``: inductor's fused kernels and library calls (matmuls) in the code it
+  generated. The same counts mean the same fusions, so the same memory traffic: what rounding
+  like eager can cost on a GPU is then arithmetic inside the kernels, not extra kernels.
+
+The first two check a state where bf16 resolves LoRA's contribution (B drawn from N(0, 0.02)), and the
 model step runs outside train.py's bf16 adapter path, so they do not show what the option does
 to the loss after the first update; that is BENCHMARKS.md's CPU study at MedGemma 4B's shape
 (``bench/gpu_step.py --rows 1 --seq-len 512 --dtype bfloat16``), which made the option
@@ -71,8 +77,32 @@ def model_step(compiled: bool, emulate: bool) -> tuple[float, dict]:
     return float(loss), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def kernel_counts() -> dict:
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    from conftest import bf16_lora_step
+    from medslm import acceleration
+
+    out = {}
+    for name in ("embedded", "embedded:tiny-gemma3"):
+        for rounding in ("eager", "fused"):
+            torch._dynamo.reset()
+            acceleration._COMPILED.clear()
+            _, codes = run_and_get_code(lambda: bf16_lora_step(name, "nf4", compiled=True, rounding=rounding))
+            code = "\n".join(codes)
+            out[f"{name}/{rounding}"] = {
+                "graphs": len(codes),
+                # CPU kernels are cpp_fused_*, CUDA's triton_* (the bench runs where it is started)
+                "fused_kernels": len(set(re.findall(r"^(cpp_fused_\w+|triton_\w+)\s*=\s*async_compile", code, re.M))),
+                "library_calls": len(re.findall(r"extern_kernels\.\w+\(", code)),
+            }
+    return out
+
+
 def main() -> None:
-    result = {"torch": torch.__version__, "chain": chain_mismatches(), "model": {}}
+    result = {"torch": torch.__version__, "chain": chain_mismatches(), "model": {}, "kernels": kernel_counts()}
     want_loss, want = model_step(compiled=False, emulate=False)
     for emulate in (False, True):
         torch._dynamo.reset()
