@@ -577,7 +577,7 @@ def summarise(results: dict, a: argparse.Namespace, meta: dict) -> dict:
     head = ok.get(a.headline)
     base = ok.get("eager")
     peer = ok.get("trl")
-    out: dict = {"shape": a.shape, "rows_x_seq_len": [a.rows or STEP_SHAPE[a.shape][0], a.seq_len or STEP_SHAPE[a.shape][1]], "date": time.strftime("%Y-%m-%d"), **meta}
+    out: dict = {"shape": a.shape, "layers": a.layers, "rows_x_seq_len": [a.rows or STEP_SHAPE[a.shape][0], a.seq_len or STEP_SHAPE[a.shape][1]], "date": time.strftime("%Y-%m-%d"), **meta}
     out["medslm_config"] = a.headline
     out["medslm_tokens_per_s"] = round(head["tokens_per_s"], 1) if head else None
     out["trl_tokens_per_s"] = round(peer["tokens_per_s"], 1) if peer else None
@@ -639,6 +639,7 @@ def main() -> None:
     ap.add_argument("--profile", default="eager,fast", help="configurations profiled over three extra steps")
     ap.add_argument("--trace", default="", help="profiled configurations whose timelines are saved as trace_<name>.json.gz")
     ap.add_argument("--headline", default="fast", help="the configuration reported as medslm_tokens_per_s")
+    ap.add_argument("--layers", type=int, help="decoder layers (default: the shape's); for shorter CPU studies at a real width")
     ap.add_argument("--rows", type=int, help="packed rows per step (default: the shape's, STEP_SHAPE)")
     ap.add_argument("--seq-len", type=int, help="tokens per row (default: the shape's, STEP_SHAPE)")
     ap.add_argument("--dtype", choices=("bfloat16", "float32"), help="compute dtype (default: bfloat16 on CUDA, float32 on CPU)")
@@ -675,7 +676,7 @@ def main() -> None:
             t0 = time.perf_counter()
             from bench.memory import make_model_dir
 
-            model_dir = str(make_model_dir(SHAPES[a.shape], Path(tmp) / "model", device="cuda" if cuda else "cpu"))
+            model_dir = str(make_model_dir(SHAPES[a.shape], Path(tmp) / "model", layers=a.layers, device="cuda" if cuda else "cpu"))
             torch.cuda.empty_cache() if cuda else None
             print(f"model folder {a.shape}: {time.perf_counter() - t0:.1f} s", flush=True)
         results: dict = {}
