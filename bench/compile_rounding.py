@@ -9,7 +9,6 @@ Three checks, one JSON line:
   the fast LoRA forward, compiled layers against the same model uncompiled: the loss's relative
   difference and the adapter gradients' largest and mean relative difference (norm of the
   difference over the norm), with inductor's default rounding and with eager's.
-
 - ``kernels``: one packed bf16 step of each tiny model as train.py runs it (``conftest.
   bf16_lora_step``: LoRA B just past its first update), compiled with each
   ``model.compile_rounding``: inductor's fused kernels and library calls (matmuls) in the code it

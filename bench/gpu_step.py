@@ -107,18 +107,24 @@ CONFIGS: dict[str, dict] = {
     # and row order unchanged): how far the loss after the first update moves with the masks alone,
     # the spread the fast path's step 2 (1.14% off eager in calls 4-6) is read against
     "eager_masks2": dict(compile=False, fused_kernels="none", lora_forward="peft", mask_seed=1234),
-    # a bench-only host-time experiment, set up in the child only: dynamo's guards left unevaluated
-    # once the compiles are done (unsafe for a product: a changed input would reuse a stale graph)
     # "fast" with compiled layers that keep fp32 across each fused kernel (model.compile_rounding=
     # fused) instead of rounding to bf16 wherever eager stores a result (the default, inductor's
     # emulate_precision_casts): "fast" before this key. It moved step 2's loss 1.12% off eager on
     # one H100 (call 7), nearer the fp32 run; the default's cost in speed is what this measures
     "fast_fused": dict(compile=True, fused_kernels="none", lora_forward="fused", rounding="fused"),
+    # a bench-only host-time experiment, set up in the child only: dynamo's guards left unevaluated
+    # once the compiles are done (unsafe for a product: a changed input would reuse a stale graph)
     "fast_skip_guards": dict(compile=True, fused_kernels="none", lora_forward="fused", skip_guards_after=3),
 }
 PEERS = ("trl", "trl_liger")
 # rows x tokens per step: the paper's 4 x 2048 at the real shape; CPUs get a lighter step
 STEP_SHAPE = {"medgemma-4b": (4, 2048), "tiny": (2, 512)}
+
+
+def step_shape(a: argparse.Namespace) -> tuple[int, int]:
+    """Rows and tokens per row of a step: the shape's, unless --rows / --seq-len say otherwise."""
+    rows, seq_len = STEP_SHAPE[a.shape]
+    return a.rows or rows, a.seq_len or seq_len
 RATIO = "5:11"  # 160 sample items -> 8 rows of 2048 at 99.0%: two full steps per epoch
 
 
@@ -577,7 +583,7 @@ def summarise(results: dict, a: argparse.Namespace, meta: dict) -> dict:
     head = ok.get(a.headline)
     base = ok.get("eager")
     peer = ok.get("trl")
-    out: dict = {"shape": a.shape, "layers": a.layers, "rows_x_seq_len": [a.rows or STEP_SHAPE[a.shape][0], a.seq_len or STEP_SHAPE[a.shape][1]], "date": time.strftime("%Y-%m-%d"), **meta}
+    out: dict = {"shape": a.shape, "layers": a.layers, "rows_x_seq_len": list(step_shape(a)), "date": time.strftime("%Y-%m-%d"), **meta}
     out["medslm_config"] = a.headline
     out["medslm_tokens_per_s"] = round(head["tokens_per_s"], 1) if head else None
     out["trl_tokens_per_s"] = round(peer["tokens_per_s"], 1) if peer else None
@@ -639,9 +645,15 @@ def main() -> None:
     ap.add_argument("--profile", default="eager,fast", help="configurations profiled over three extra steps")
     ap.add_argument("--trace", default="", help="profiled configurations whose timelines are saved as trace_<name>.json.gz")
     ap.add_argument("--headline", default="fast", help="the configuration reported as medslm_tokens_per_s")
-    ap.add_argument("--layers", type=int, help="decoder layers (default: the shape's); for shorter CPU studies at a real width")
-    ap.add_argument("--rows", type=int, help="packed rows per step (default: the shape's, STEP_SHAPE)")
-    ap.add_argument("--seq-len", type=int, help="tokens per row (default: the shape's, STEP_SHAPE)")
+    def positive(text: str) -> int:
+        n = int(text)
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+        return n
+
+    ap.add_argument("--layers", type=positive, help="decoder layers (default: the shape's); for shorter CPU studies at a real width")
+    ap.add_argument("--rows", type=positive, help="packed rows per step (default: the shape's, STEP_SHAPE)")
+    ap.add_argument("--seq-len", type=positive, help="tokens per row (default: the shape's, STEP_SHAPE)")
     ap.add_argument("--dtype", choices=("bfloat16", "float32"), help="compute dtype (default: bfloat16 on CUDA, float32 on CPU)")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per configuration")
     ap.add_argument("--model-dir", help="reuse a model folder made by an earlier run")
@@ -664,8 +676,7 @@ def main() -> None:
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:  # each configuration has one run folder and one result
         raise SystemExit(f"error: --configs: {twice} named more than once; run the bench again for another sample")
-    micro_batch, seq_len = STEP_SHAPE[a.shape]
-    micro_batch, seq_len = a.rows or micro_batch, a.seq_len or seq_len
+    micro_batch, seq_len = step_shape(a)
     out_dir = Path(a.out or tempfile.mkdtemp(prefix="gpu-step-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = versions()

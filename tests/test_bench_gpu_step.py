@@ -69,6 +69,17 @@ def test_gpu_step_bench_refuses_a_configuration_named_twice(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("flag, value", [("--rows", "0"), ("--seq-len", "-512"), ("--layers", "0")])
+def test_gpu_step_bench_refuses_a_step_shape_that_is_not_positive(tmp_path, flag, value):
+    """--rows 0 would have silently meant the shape's default rows; every override must be >= 1,
+    and it is refused before any model is built, naming the flag."""
+    proc = subprocess.run([sys.executable, "bench/gpu_step.py", "--shape", "tiny", flag, value, "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert f"argument {flag}: must be a positive integer, got {value}" in proc.stderr
+    assert not list(tmp_path.iterdir())
+
+
 def test_the_window_clock_times_the_steps_after_skip_up_to_the_last_timed_one():
     """tokens/s in the bench is the timed steps' tokens over this clock's window: the end of step
     ``skip`` to the end of the last timed step (device-synchronised there on a GPU)."""
