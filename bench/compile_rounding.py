@@ -9,11 +9,13 @@ Three checks, one JSON line:
   the fast LoRA forward, compiled layers against the same model uncompiled: the loss's relative
   difference and the adapter gradients' largest and mean relative difference (norm of the
   difference over the norm), with inductor's default rounding and with eager's.
-- ``kernels``: one packed bf16 step of each tiny model as train.py runs it (``conftest.
-  bf16_lora_step``: LoRA B just past its first update), compiled with each
-  ``model.compile_rounding``: inductor's fused kernels and library calls (matmuls) in the code it
-  generated. The same counts mean the same fusions, so the same memory traffic: what rounding
-  like eager can cost on a GPU is then arithmetic inside the kernels, not extra kernels.
+- ``after_first_update``: one packed bf16 step of each tiny model, NF4 and bf16 base, as train.py
+  runs it (``conftest.bf16_lora_step``: LoRA B just past its first update), compiled with each
+  ``model.compile_rounding`` against the same step uncompiled (PEFT's forward): the share of
+  logits that differ, the adapter gradients' largest and mean relative difference, and inductor's
+  fused kernels and library calls (matmuls) in the code it generated. The same counts mean the
+  same fusions, so the same memory traffic: what rounding like eager can cost on a GPU is then
+  arithmetic inside the kernels, not extra kernels.
 
 The first two check a state where bf16 resolves LoRA's contribution (B drawn from N(0, 0.02)), and the
 model step runs outside train.py's bf16 adapter path, so they do not show what the option does
@@ -76,7 +78,7 @@ def model_step(compiled: bool, emulate: bool) -> tuple[float, dict]:
     return float(loss), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def kernel_counts() -> dict:
+def steps_after_first_update() -> dict:
     import re
 
     from torch._inductor.utils import run_and_get_code
@@ -86,22 +88,27 @@ def kernel_counts() -> dict:
 
     out = {}
     for name in ("embedded", "embedded:tiny-gemma3"):
-        for rounding in ("eager", "fused"):
-            torch._dynamo.reset()
-            acceleration._COMPILED.clear()
-            _, codes = run_and_get_code(lambda: bf16_lora_step(name, "nf4", compiled=True, rounding=rounding))
-            code = "\n".join(codes)
-            out[f"{name}/{rounding}"] = {
-                "graphs": len(codes),
-                # CPU kernels are cpp_fused_*, CUDA's triton_* (the bench runs where it is started)
-                "fused_kernels": len(set(re.findall(r"^(cpp_fused_\w+|triton_\w+)\s*=\s*async_compile", code, re.M))),
-                "library_calls": len(re.findall(r"extern_kernels\.\w+\(", code)),
-            }
+        for quant in ("nf4", "none"):
+            want_logits, want_grads = bf16_lora_step(name, quant, compiled=False)
+            for rounding in ("eager", "fused"):
+                torch._dynamo.reset()
+                acceleration._COMPILED.clear()  # a fresh compile, so its code is captured
+                (logits, grads), codes = run_and_get_code(lambda: bf16_lora_step(name, quant, compiled=True, rounding=rounding))
+                code = "\n".join(codes)
+                rel = [float((grads[k] - want_grads[k]).norm() / want_grads[k].norm()) for k in want_grads]
+                out[f"{name}/{quant}/{rounding}"] = {
+                    "logits_off_eager": float((logits != want_logits).float().mean()),
+                    "grad_rel_max": max(rel), "grad_rel_mean": sum(rel) / len(rel),
+                    "graphs": len(codes),
+                    # CPU kernels are cpp_fused_*, CUDA's triton_* (the bench runs where it is started)
+                    "fused_kernels": len(set(re.findall(r"^(cpp_fused_\w+|triton_\w+)\s*=\s*async_compile", code, re.M))),
+                    "library_calls": len(re.findall(r"extern_kernels\.\w+\(", code)),
+                }
     return out
 
 
 def main() -> None:
-    result = {"torch": torch.__version__, "chain": chain_mismatches(), "model": {}, "kernels": kernel_counts()}
+    result = {"torch": torch.__version__, "chain": chain_mismatches(), "model": {}, "after_first_update": steps_after_first_update()}
     want_loss, want = model_step(compiled=False, emulate=False)
     for emulate in (False, True):
         torch._dynamo.reset()
