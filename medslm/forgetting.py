@@ -28,6 +28,7 @@ import numpy as np
 from medslm.cli import UserError
 from medslm.config import ConfigError
 from medslm.files import read_json, write_text, writing
+from medslm.records import LETTERS
 from medslm.stats import MIN_BOOTSTRAP_RESAMPLES, compare_correctness
 
 ALL = "(all)"
@@ -51,30 +52,123 @@ class CompareConfig:
 
 
 def read_predictions(eval_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """id -> prediction record from ``eval_dir/predictions.jsonl`` (or that file itself)."""
+    """id -> prediction record from ``eval_dir/predictions.jsonl`` (or that file itself).
+
+    Every record is checked on its own (``correct`` is ``predicted == gold``), and when the folder
+    has an ``eval.json`` its counts must be the predictions' (:func:`check_eval_json`): a number
+    edited in one file, or files from two evaluations, is an error naming the file and field."""
     p = Path(eval_dir)
     path = p / "predictions.jsonl" if p.is_dir() else p
     if not path.is_file():
         raise UserError(f"{eval_dir}: no predictions.jsonl (expected an output directory of evaluate.py)")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UserError(f"{path}:line {line}: not valid UTF-8 ({exc.reason}); rerun evaluate.py for that folder") from None
     records: dict[str, dict[str, Any]] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
+        where = f"{path}:line {lineno}"
         try:
             rec = json.loads(line)
-            key = rec["id"]
-            for k in ("benchmark", "subject", "gold", "correct"):
+            for k in ("id", "benchmark", "subject", "gold", "predicted", "correct"):
                 rec[k]  # noqa: B018  presence check
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise UserError(f"{path}:line {lineno}: not a prediction record ({exc})") from None
+            raise UserError(f"{where}: not a prediction record ({type(exc).__name__}: {exc})") from None
+        key = rec["id"]
+        for k in ("id", "benchmark", "subject"):
+            if not isinstance(rec[k], str) or not rec[k]:
+                raise UserError(f"{where}: field {k!r} must be a non-empty string, got {rec[k]!r}")
+        for k in ("gold", "predicted"):
+            if not isinstance(rec[k], str) or len(rec[k]) != 1 or rec[k] not in LETTERS:
+                raise UserError(f"{where}: field {k!r} must be an option letter {LETTERS[0]}-{LETTERS[-1]}, got {rec[k]!r}")
         if not isinstance(rec["correct"], bool):  # the string "false" would count as correct
-            raise UserError(f"{path}:line {lineno}: field 'correct' must be true or false, got {rec['correct']!r}")
+            raise UserError(f"{where}: field 'correct' must be true or false, got {rec['correct']!r}")
+        if rec["correct"] != (rec["predicted"] == rec["gold"]):
+            raise UserError(f"{where}: field 'correct' is {str(rec['correct']).lower()} but predicted {rec['predicted']} "
+                            f"and gold {rec['gold']} say {str(rec['predicted'] == rec['gold']).lower()}: the record was edited")
         if key in records:
-            raise UserError(f"{path}:line {lineno}: duplicate item id {key!r}")
+            raise UserError(f"{where}: duplicate item id {key!r}")
         records[key] = rec
     if not records:
         raise UserError(f"{path}: no predictions")
+    ev_path = path.parent / "eval.json"
+    if ev_path.is_file():
+        check_eval_json(ev_path, read_json(ev_path, "rerun evaluate.py for that folder"), path, records)
     return records
+
+
+def _recount(records: list[dict[str, Any]]) -> tuple[int, int]:
+    return len(records), sum(1 for r in records if r["correct"])
+
+
+def check_eval_json(ev_path: Path, ev: Any, pred_path: Path, preds: dict[str, dict[str, Any]]) -> None:
+    """``eval.json``'s item count and every benchmark, subject and domain count and accuracy equal a
+    recount of ``predictions.jsonl``; otherwise a UserError naming the field and both numbers."""
+    hint = "the two files disagree (one was edited, or they come from different evaluations); rerun evaluate.py into that folder"
+    if not isinstance(ev, dict) or not isinstance(ev.get("benchmarks"), dict):
+        raise UserError(f"{ev_path}: field 'benchmarks' is missing or not an object; rerun evaluate.py into that folder")
+    if ev.get("n_items", len(preds)) != len(preds):
+        raise UserError(f"{ev_path}: field 'n_items' is {ev.get('n_items')!r}, but {pred_path} has {len(preds)} items: {hint}")
+    benches = sorted({r["benchmark"] for r in preds.values()})
+    if sorted(ev["benchmarks"]) != benches:
+        raise UserError(f"{ev_path}: field 'benchmarks' has {sorted(ev['benchmarks'])}, but {pred_path} has {benches}: {hint}")
+    for bench in benches:
+        rows = [r for r in preds.values() if r["benchmark"] == bench]
+        groups: list[tuple[str, Any, list[dict[str, Any]]]] = [(f"benchmarks.{bench}", ev["benchmarks"][bench], rows)]
+        for kind, key in (("subjects", "subject"), ("domains", "domain")):
+            if kind == "domains" and not all("domain" in r for r in rows):
+                continue
+            stated = ev["benchmarks"][bench].get(kind) if isinstance(ev["benchmarks"][bench], dict) else None
+            names = sorted({r[key] for r in rows})
+            if not isinstance(stated, dict) or sorted(stated) != names:
+                raise UserError(f"{ev_path}: field 'benchmarks.{bench}.{kind}' has {sorted(stated) if isinstance(stated, dict) else stated!r}, "
+                                f"but {pred_path} has {names}: {hint}")
+            groups += [(f"benchmarks.{bench}.{kind}.{name}", stated[name], [r for r in rows if r[key] == name]) for name in names]
+        for field_name, summ, recs in groups:
+            n, k = _recount(recs)
+            if not isinstance(summ, dict):
+                raise UserError(f"{ev_path}: field {field_name!r} is not an object: {hint}")
+            for sub, want in (("n", n), ("correct", k), ("accuracy", k / n)):
+                got = summ.get(sub)
+                if isinstance(got, bool) or not isinstance(got, (int, float)) or abs(got - want) > 1e-9:
+                    raise UserError(f"{ev_path}: field '{field_name}.{sub}' is {got!r}, but {pred_path} has {k}/{n} correct: {hint}")
+
+
+def read_eval_dir(eval_dir: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(eval.json, predictions by id) of an evaluate.py output folder, checked against each other."""
+    d = Path(eval_dir)
+    ev_path = d / "eval.json"
+    if not ev_path.is_file():
+        raise UserError(f"{d}: no eval.json (expected an output directory of evaluate.py)")
+    preds = read_predictions(d)  # checks eval.json against the predictions
+    return read_json(ev_path, "rerun evaluate.py for that folder"), preds
+
+
+# What two evaluations must share for their accuracies to be compared (model.* differ by design
+# between a base model and its fine-tunes only in run/adapter).
+SETTINGS = ("scoring", "split", "template", "overlong.policy", "overlong.max_seq_len", "domain_rules.sha256",
+            "model.name_or_path", "model.quantization", "model.compute_dtype")
+
+
+def eval_setting(ev: dict[str, Any], dotted: str) -> Any:
+    cur: Any = ev
+    for part in dotted.split("."):
+        cur = cur.get(part) if isinstance(cur, dict) else None
+    return cur
+
+
+def setting_differences(named: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """One line per evaluation setting that differs between the named eval.json files."""
+    out = []
+    for key in SETTINGS:
+        values = {name: eval_setting(ev, key) for name, ev in named}
+        if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
+            out.append(f"{key}: " + ", ".join(f"{v!r} in {name}" for name, v in values.items()))
+    return out
 
 
 def _eval_meta(eval_dir: str | Path) -> dict[str, Any]:
@@ -193,9 +287,11 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
     }
     if not has_domains(base, *(p for _, p in others)):
         result["note"] = "no per-domain rows: some predictions.jsonl have no domain (evaluated before domains existed)"
-    scorings = {m.get("scoring") for m in result["evals"].values() if m.get("scoring")}
-    if len(scorings) > 1:
-        result["warning"] = f"the evals used different scoring methods: {sorted(scorings)}"
+    ev_files = {d: (Path(d) if Path(d).is_dir() else Path(d).parent) / "eval.json" for d in cfg.eval_dirs}
+    named = [(d, read_json(f)) for d, f in ev_files.items() if f.is_file()]
+    differ = setting_differences(named)
+    if differ:  # comparing models is the point; anything else that differs is said beside the numbers
+        result["warning"] = "the evals differ in settings other than the adapter: " + "; ".join(differ)
     markdown = format_markdown(result)
     out = Path(cfg.out) if cfg.out else default_compare_out(base_name)
     with writing(out.parent):
@@ -214,10 +310,13 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
 __all__ = [
     "CompareConfig",
     "check_same_domains",
+    "check_eval_json",
     "check_same_items",
     "compare",
     "compare_predictions",
     "format_markdown",
     "has_domains",
+    "read_eval_dir",
     "read_predictions",
+    "setting_differences",
 ]

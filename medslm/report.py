@@ -36,8 +36,9 @@ from typing import Any
 
 import numpy as np
 
+from medslm.cli import UserError
 from medslm.config import ConfigError, parse_ratio
-from medslm.forgetting import ALL, check_same_domains, check_same_items, compare_predictions, has_domains, read_predictions
+from medslm.forgetting import ALL, check_same_domains, check_same_items, compare_predictions, has_domains, read_eval_dir, setting_differences
 from medslm.stats import MIN_BOOTSTRAP_RESAMPLES
 
 BASE = "base"
@@ -145,9 +146,12 @@ def load_trials(records: list[dict[str, Any]]) -> list[Trial]:
     for r in records:
         if r["status"] != "ok":
             continue
-        ev_dir = Path(r["run_dir"]) / "eval"
-        ev = json.loads((ev_dir / "eval.json").read_text(encoding="utf-8"))
-        out.append(Trial(r["trial"], label_of(r), Path(r["run_dir"]), ev, read_predictions(ev_dir), r.get("metrics", {})))
+        ev, preds = read_eval_dir(Path(r["run_dir"]) / "eval")  # eval.json must be its predictions' count
+        out.append(Trial(r["trial"], label_of(r), Path(r["run_dir"]), ev, preds, r.get("metrics", {})))
+    differ = setting_differences([(str(t.run_dir / "eval" / "eval.json"), t.eval) for t in out])
+    if differ:
+        raise UserError("the trials were evaluated differently, so their accuracies cannot be ranked: " + "; ".join(differ)
+                        + ". Re-evaluate the odd ones as the sweep does (`python evaluate.py --run RUN_DIR`: the run's data, letter scoring), then --report-only")
     for t in out[1:]:
         check_same_items(str(out[0].run_dir / "eval"), out[0].preds, str(t.run_dir / "eval"), t.preds)
         if has_domains(out[0].preds, t.preds):

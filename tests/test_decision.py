@@ -195,6 +195,40 @@ def test_recommendation_names_a_winner_only_when_the_data_separate_the_ratios():
     assert recommend([], {"medqa": 1.0}, cfg)["winner"] is None
 
 
+def _eval_dir(run: Path, correct: dict[str, bool], items: dict[str, tuple[str, str, str]], **settings) -> dict:
+    from medslm.evaluation import summarise
+
+    (run / "eval").mkdir(parents=True)
+    preds = [{"id": i, "benchmark": b, "subject": s, "domain": d, "gold": "A", "predicted": "A" if correct[i] else "B",
+              "correct": correct[i]} for i, (b, s, d) in items.items()]
+    (run / "eval" / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
+    ev = {"model": {"name_or_path": "embedded", "quantization": "nf4", "run": str(run)}, "scoring": "letter", "split": "test",
+          "n_items": len(preds), "benchmarks": summarise(preds), **settings}
+    (run / "eval" / "eval.json").write_text(json.dumps(ev))
+    return {"trial": run.name, "status": "ok", "run_dir": str(run), "params": {"ratio": run.name.replace("-", ":")}}
+
+
+def test_the_report_refuses_trials_whose_eval_files_disagree_or_were_evaluated_differently(tmp_path):
+    from medslm.cli import UserError
+    from medslm.report import load_trials
+
+    items = _items(10, 10, 2)
+    right = {i: n % 2 == 0 for n, i in enumerate(items)}
+    recs = [_eval_dir(tmp_path / "5-5", right, items), _eval_dir(tmp_path / "10-3", right, items)]
+    assert [t.label for t in load_trials(recs)] == ["5:5", "10:3"]
+    # one trial re-evaluated by hand with another scoring: its accuracies are not comparable
+    ev_path = tmp_path / "10-3" / "eval" / "eval.json"
+    ev = json.loads(ev_path.read_text())
+    (tmp_path / "10-3" / "eval" / "eval.json").write_text(json.dumps(ev | {"scoring": "option_text"}))
+    with pytest.raises(UserError, match=r"evaluated differently.*scoring: 'letter' in .*5-5.*'option_text' in .*10-3"):
+        load_trials(recs)
+    # an accuracy edited in eval.json, its predictions left as they were
+    ev["benchmarks"]["kormedmcqa"]["accuracy"] = 0.9
+    ev_path.write_text(json.dumps(ev))
+    with pytest.raises(UserError, match=r"10-3/eval/eval.json: field 'benchmarks.kormedmcqa.accuracy' is 0.9, but .* has 5/10 correct"):
+        load_trials(recs)
+
+
 def test_pareto_front():
     pts = {"5:5": (0.6, 0.5), "10:3": (0.7, 0.4), "7:3": (0.65, 0.39), "2:8": (0.5, 0.55), "3:7": (0.5, 0.5)}
     assert pareto(pts) == ["2:8", "5:5", "10:3"]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medslm.evaluation import summarise
 from medslm.forgetting import CompareConfig, compare, read_predictions
 from medslm.stats import compare_correctness
 
@@ -25,7 +26,8 @@ def _write_eval(d: Path, correct: dict[str, bool], gold: str = "A", scoring: str
     rng = np.random.default_rng(len(d.name))
     order = rng.permutation(len(lines))
     (d / "predictions.jsonl").write_text("".join(json.dumps(lines[i]) + "\n" for i in order))
-    (d / "eval.json").write_text(json.dumps({"model": {"name_or_path": "embedded", "adapter": str(d)}, "scoring": scoring, "split": "test"}))
+    (d / "eval.json").write_text(json.dumps({"model": {"name_or_path": "embedded", "adapter": str(d)}, "scoring": scoring, "split": "test",
+                                             "n_items": len(lines), "benchmarks": summarise(lines)}))
     return d
 
 
@@ -116,6 +118,55 @@ def test_bad_compare_arguments(tmp_path, capsys):
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "predictions.jsonl").write_text('{"id": "x"}\n')
     assert "line 1" in _cli_error(["compare", str(base), str(tmp_path / "broken")], capsys)
+
+
+def _edit_line(path: Path, lineno: int, edit) -> None:
+    lines = path.read_text().splitlines()
+    rec = json.loads(lines[lineno - 1])
+    edit(rec)
+    lines[lineno - 1] = json.dumps(rec)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_an_edited_or_inconsistent_eval_folder_is_refused_naming_file_line_and_field(tmp_path, capsys):
+    """A wrong number with exit 0 is the worst outcome: predictions whose `correct` contradicts
+    predicted/gold, or an eval.json whose counts are not its predictions', stop compare."""
+    c = _correct(0, 0.7)
+    base = _write_eval(tmp_path / "a", c)
+
+    def other(name: str) -> Path:
+        return _write_eval(tmp_path / name, _correct(1, 0.6))
+
+    flipped = other("flipped")
+    first = json.loads((flipped / "predictions.jsonl").read_text().splitlines()[0])
+    _edit_line(flipped / "predictions.jsonl", 1, lambda r: r.update(correct=not r["correct"]))
+    err = _cli_error(["compare", str(base), str(flipped), "--out", str(tmp_path / "x.json")], capsys)
+    assert f"{flipped / 'predictions.jsonl'}:line 1: field 'correct' is {str(not first['correct']).lower()}" in err
+
+    edited = other("edited")
+    ev = json.loads((edited / "eval.json").read_text())
+    ev["benchmarks"]["kormedmcqa"]["subjects"]["nurse"]["accuracy"] = 0.99
+    (edited / "eval.json").write_text(json.dumps(ev))
+    err = _cli_error(["compare", str(base), str(edited), "--out", str(tmp_path / "x.json")], capsys)
+    assert f"{edited / 'eval.json'}: field 'benchmarks.kormedmcqa.subjects.nurse.accuracy' is 0.99" in err and "correct" in err
+
+    fewer = other("fewer")
+    ev = json.loads((fewer / "eval.json").read_text())
+    ev["benchmarks"]["medqa"]["n"] += 1
+    (fewer / "eval.json").write_text(json.dumps(ev))
+    assert "field 'benchmarks.medqa.n'" in _cli_error(["compare", str(base), str(fewer), "--out", str(tmp_path / "x.json")], capsys)
+
+    for name, edit, want in (("letter", lambda r: r.update(predicted="Z"), "field 'predicted' must be an option letter"),
+                             ("listid", lambda r: r.update(id=[1]), "field 'id' must be a non-empty string")):
+        d = other(name)
+        _edit_line(d / "predictions.jsonl", 3, edit)
+        assert f"{d / 'predictions.jsonl'}:line 3: {want}" in _cli_error(["compare", str(base), str(d), "--out", str(tmp_path / "x.json")], capsys)
+    binary = other("binary")
+    raw = (binary / "predictions.jsonl").read_bytes().split(b"\n")
+    raw[4] = raw[4].replace(b"medqa", b"med\xffqa", 1) if b"medqa" in raw[4] else raw[4].replace(b"kormedmcqa", b"kor\xffmedmcqa", 1)
+    (binary / "predictions.jsonl").write_bytes(b"\n".join(raw))
+    assert f"{binary / 'predictions.jsonl'}:line 5: not valid UTF-8" in _cli_error(["compare", str(base), str(binary), "--out", str(tmp_path / "x.json")], capsys)
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_read_predictions_accepts_the_file_itself(tmp_path):
