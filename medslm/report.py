@@ -18,9 +18,10 @@ trial's ``eval/eval.json`` and ``eval/predictions.jsonl`` and its ``trial.json``
 
 How a recommendation is made. A use's objective is a weighted mean of accuracies: ``medqa``,
 ``kormedmcqa``, ``subject:NAME`` or ``domain:NAME`` (e.g. ``domain:medical_law``). Every ratio is
-scored on the same items, so differences are paired: items are resampled with replacement within
-each (benchmark, subject, domain) cell, the same draw for every ratio, and the objective is
-recomputed. A ratio is *indistinguishable* from the best when the bootstrap interval of
+scored on the same items, so differences are paired: the test items are resampled with
+replacement as one set, the same draw for every ratio, and the objective is recomputed with each
+accuracy over the items drawn into its group (a group that a draw misses adds no difference).
+Resampling within small groups instead would hold a one-item group fixed and let one item decide. A ratio is *indistinguishable* from the best when the bootstrap interval of
 ``score(best) - score(ratio)`` reaches 0, at confidence ``1 - alpha / (k - 1)`` for ``k`` ratios
 (Bonferroni, so that calling a whole set separated keeps the stated level). When that set holds
 more than the best ratio the report says the data cannot separate them and names no winner.
@@ -229,25 +230,26 @@ def recommend(trials: list[Trial], weights: dict[str, float], cfg: ReportConfig,
     if k == 1:
         return {**result, "indistinguishable": [cands[0].label], "winner": None, "confidence": None,
                 "statement": f"only {cands[0].label} finished: there is nothing to compare it with"}
-    # cells: (benchmark, subject, domain); the same resampled items for every ratio
-    cell_of: dict[tuple[str, str, str], list[int]] = {}
-    for j, i in enumerate(ids):
-        p = base_preds[i]
-        cell_of.setdefault((p["benchmark"], p["subject"], p.get("domain", p["subject"])), []).append(j)
+    # The paired bootstrap: resample the items with replacement (the same draw for every ratio) and
+    # take each weighted accuracy over the items drawn into its group. Not stratified: resampling
+    # within small groups would hold a group of one item fixed, and one differing item would then
+    # decide with "95% confidence". A draw with no item of a weighted group adds no difference there.
+    active = [m for m in weights if weights[m] > 0]
+    member = np.stack([masks[m] for m in active]).astype(float)  # [M, N]
+    w = np.array([weights[m] for m in active]) / total_w
+    right = correct.astype(float)  # [R, N]
+    n = len(ids)
     rng = np.random.default_rng(cfg.seed)
     diffs = np.empty((cfg.n_resamples, k))
-    chunk = 500
+    chunk = max(1, min(500, 2_000_000 // n))
     for start in range(0, cfg.n_resamples, chunk):
         b = min(chunk, cfg.n_resamples - start)
-        counts = {m: np.zeros((k, b)) for m in weights if weights[m] > 0}
-        for cols in cell_of.values():
-            cols_a = np.array(cols)
-            idx = cols_a[rng.integers(0, len(cols_a), size=(b, len(cols_a)))]  # [b, n_c]
-            sums = correct[:, idx].sum(axis=2)  # [R, b]
-            for m in counts:
-                if masks[m][cols_a[0]]:  # a cell is wholly inside or outside every metric
-                    counts[m] += sums
-        s = score(counts)  # [R, b]
+        drawn = rng.multinomial(n, np.full(n, 1.0 / n), size=b).astype(float)  # [b, N]: copies of each item
+        per_group = drawn[:, None, :] * member[None]  # [b, M, N]
+        size = per_group.sum(axis=2)  # [b, M]
+        hits = np.einsum("bmn,rn->rbm", per_group, right)  # [R, b, M]
+        acc = np.divide(hits, size[None], out=np.zeros_like(hits), where=size[None] > 0)
+        s = acc @ w  # [R, b]
         diffs[start : start + b] = (s[best] - s).T
     level = 1 - cfg.alpha / (k - 1)
     lows = np.percentile(diffs, 100 * (1 - level) / 2, axis=0)
@@ -431,8 +433,8 @@ def _forgetting_section(forg: dict[str, list[dict[str, Any]]], ref_label: str, c
 
 def _recommendation_section(recs: dict[str, dict[str, Any]]) -> list[str]:
     lines = ["## Recommendation", "",
-             "Per use, the objective is a weighted mean of accuracies; ratios are compared on the same items by a paired, "
-             "cell-stratified bootstrap of score differences (Bonferroni over the comparisons with the best). "
+             "Per use, the objective is a weighted mean of accuracies; ratios are compared on the same items by a paired "
+             "bootstrap of score differences (items resampled across the whole test set; Bonferroni over the comparisons with the best). "
              "Weights are options: `--weights-education`, `--weights-clinical`, `--weights-legal`.", "",
              "| use | objective | best (point estimate) | cannot be told apart | recommendation |", "|---|---|---|---|---|"]
     for key, rec in recs.items():

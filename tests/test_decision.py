@@ -195,6 +195,29 @@ def test_recommendation_names_a_winner_only_when_the_data_separate_the_ratios():
     assert recommend([], {"medqa": 1.0}, cfg)["winner"] is None
 
 
+def test_one_differing_item_in_a_one_item_group_names_no_winner():
+    """Resampling within (benchmark, subject, domain) cells held a one-item Medical Law cell fixed,
+    so one differing item 'won' with 95% confidence; resampling the items as one set does not."""
+    items = _items(40, 40, 1)  # ko0 is the only Medical Law item
+    rng = np.random.default_rng(3)
+    a = {i: bool(rng.random() < 0.6) for i in items}
+    a["ko0"] = True
+    b = dict(a)
+    b["ko0"] = False
+    cfg = ReportConfig(n_resamples=4000)
+    for weights in ({"kormedmcqa": 0.5, "domain:medical_law": 0.5}, {"domain:medical_law": 1.0}, {"medqa": 0.5, "kormedmcqa": 0.5}):
+        rec = recommend([_trial("5:5", a, items), _trial("10:3", b, items)], weights, cfg)
+        assert rec["best"] == "5:5" and rec["winner"] is None, (weights, rec["statement"])
+        lo, hi = rec["difference_intervals"]["10:3"]
+        assert lo <= 0 <= hi
+    # ten law items that all differ do separate the ratios on the legal objective
+    items = _items(40, 40, 10)
+    a = {i: bool(rng.random() < 0.6) for i in items} | {f"ko{j}": True for j in range(10)}
+    b = a | {f"ko{j}": False for j in range(10)}
+    rec = recommend([_trial("5:5", a, items), _trial("10:3", b, items)], {"kormedmcqa": 0.5, "domain:medical_law": 0.5}, cfg)
+    assert rec["winner"] == "5:5" and rec["difference_intervals"]["10:3"][0] > 0
+
+
 def _eval_dir(run: Path, correct: dict[str, bool], items: dict[str, tuple[str, str, str]], **settings) -> dict:
     from medslm.evaluation import summarise
 
