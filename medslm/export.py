@@ -7,7 +7,8 @@ Without ``--merge``: ``adapter_config.json`` (``base_model_name_or_path`` set to
 ``model.name_or_path``), ``adapter_model.safetensors``, the tokenizer, the run's config as
 ``medslm_config.yaml`` and a model card (``README.md``) filled from the run: base model, data mix
 and ratio, training settings, final losses and, when ``RUN/eval/eval.json`` exists, accuracy with
-its Wilson 95% interval per benchmark and subject.
+its Wilson 95% interval per benchmark and subject. That file must be this run's adapter evaluated
+(``model.run``) and agree with its ``predictions.jsonl``; otherwise the export stops, naming it.
 
 With ``--merge``: the base model exactly as the adapter was trained and evaluated on it — every
 linear layer of the language model NF4-quantised and dequantised (as bitsandbytes does at load),
@@ -58,6 +59,7 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
 
     run = check_run_dir(cfg.run)
     run_cfg = load_run_config(run)
+    ev = run_evaluation(run)  # before any work: a card must not publish another model's accuracy
     out = Path(cfg.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out}: already exists and is not empty; choose a new folder")
@@ -68,7 +70,7 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
             info = _write_merged(run, run_cfg, cfg, tmp)
         else:
             info = _write_adapter(run, run_cfg, tmp)
-        (tmp / "README.md").write_text(model_card(run, run_cfg, cfg, info), encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(run, run_cfg, cfg, info, ev), encoding="utf-8")
         if out.exists():
             out.rmdir()
         tmp.rename(out)
@@ -240,6 +242,32 @@ def _read_json(path: Path, hint: str) -> Any:
     return read_json(path, hint) if path.is_file() else None
 
 
+def run_evaluation(run: Path) -> dict[str, Any] | None:
+    """``RUN/eval/eval.json`` when it is this run's adapter evaluated (None when there is none).
+
+    Its counts must be its ``predictions.jsonl``'s, and ``model.run`` must be this run: an
+    evaluation of the base model, or of another run, written into this folder would otherwise be
+    published as this adapter's accuracy."""
+    from medslm.forgetting import read_predictions
+
+    path = run / "eval" / "eval.json"
+    ev = _read_json(path, f"rerun evaluate.py --run {run}")
+    if ev is None:
+        return None
+    if (path.parent / "predictions.jsonl").is_file():
+        read_predictions(path.parent)  # eval.json against the predictions
+    model = ev.get("model") if isinstance(ev, dict) else None
+    evaluated = model.get("run") if isinstance(model, dict) else None
+    if not evaluated or not model.get("adapter"):
+        what = f"the model {model.get('name_or_path')!r} without this run's adapter" if isinstance(model, dict) else "an unknown model"
+        raise UserError(f"{path}: field 'model.run' is {evaluated!r}: it evaluated {what}, so its accuracy is not this adapter's; "
+                        f"rerun `python evaluate.py --run {run}` and export again")
+    if Path(evaluated).resolve() != run.resolve():
+        raise UserError(f"{path}: field 'model.run' is {evaluated!r}, not this run ({run.resolve()}): its accuracy is another run's "
+                        f"(or this one before it was moved); rerun `python evaluate.py --run {run}` and export again")
+    return ev
+
+
 def _losses(run: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     from medslm.metrics import read_records
 
@@ -252,10 +280,9 @@ def _losses(run: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     return last_train, last_val
 
 
-def model_card(run: Path, run_cfg: Any, cfg: ExportConfig, info: dict[str, Any]) -> str:
+def model_card(run: Path, run_cfg: Any, cfg: ExportConfig, info: dict[str, Any], ev: dict[str, Any] | None) -> str:
     m, lora, d, t = run_cfg.model, run_cfg.lora, run_cfg.data, run_cfg.train
     report = _read_json(run / "packing_report.json", "train.py writes it at the start of the run") or {}
-    ev = _read_json(run / "eval" / "eval.json", f"rerun evaluate.py --run {run}")
     last_train, last_val = _losses(run)
     base = info["base_model"]
     merged = info["kind"] == "merged"

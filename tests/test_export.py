@@ -72,7 +72,17 @@ def test_adapter_export_is_a_clean_peft_folder_with_a_filled_card(tmp_path):
                                        + json.dumps({"step": 6, "kind": "val", "val_loss": 1.5}) + "\n")
     preds = [{"benchmark": "kormedmcqa", "subject": "nurse", "correct": i < 7} for i in range(10)]
     (run / "eval").mkdir()
-    (run / "eval" / "eval.json").write_text(json.dumps({"scoring": "letter", "split": "test", "n_items": 10, "benchmarks": summarise(preds)}))
+    ev = {"model": {"name_or_path": cfg.model.name_or_path, "run": str(run), "adapter": str(run / "adapter")},
+          "scoring": "letter", "split": "test", "n_items": 10, "benchmarks": summarise(preds)}
+    # an evaluation of the base model, or of another run, is not this adapter's accuracy
+    for model, want in (({"name_or_path": "embedded", "run": None, "adapter": None}, "field 'model.run' is None: it evaluated the model 'embedded' without"),
+                        ({"name_or_path": "embedded", "run": str(tmp_path / "other"), "adapter": str(tmp_path / "other" / "adapter")},
+                         f"field 'model.run' is '{tmp_path / 'other'}', not this run")):
+        (run / "eval" / "eval.json").write_text(json.dumps(ev | {"model": model}))
+        res = _export("--run", str(run), "--out", str(tmp_path / "wrong"))
+        assert res.returncode == 2 and f"{run / 'eval' / 'eval.json'}: {want}" in res.stderr and "Traceback" not in res.stderr, res.stderr
+        assert not (tmp_path / "wrong").exists()
+    (run / "eval" / "eval.json").write_text(json.dumps(ev))
     out = tmp_path / "export"
     res = _export("--run", str(run), "--out", str(out))
     assert res.returncode == 0, res.stderr
