@@ -219,7 +219,8 @@ def select_items(cfg: EvalConfig, run_cfg: Any = None) -> tuple[list[MCQItem], d
                 kept[it.benchmark] = kept.get(it.benchmark, 0) + 1
                 capped.append(it)
         items = capped
-    desc = {"medqa": data.medqa, "kormedmcqa": data.kormedmcqa, "split": split, "split_mode": data.split}
+    desc = {"medqa": data.medqa, "kormedmcqa": data.kormedmcqa, "split": split, "split_mode": data.split,
+            "skipped_invalid": loaded.skips.summary()}  # rows skip_invalid dropped while loading (any split)
     if not items:
         raise UserError(f"no items to evaluate (data {data.medqa + data.kormedmcqa}, split {split!r}, split mode {data.split!r})")
     return items, desc
@@ -336,6 +337,13 @@ def evaluate(cfg: EvalConfig, base_of: Any = None) -> dict[str, Any]:
         raise ValueError("evaluate(base_of=...) needs cfg.model == base_of.model.name_or_path and no cfg.run")
     run_cfg = load_run_config(cfg.run) if cfg.run else base_of
     items, data_desc = select_items(cfg, run_cfg)
+    skipped = data_desc["skipped_invalid"]
+    if skipped["count"]:  # skip_invalid is the run's choice; what it dropped is said, never silent
+        from medslm.console import warn
+
+        reasons = ", ".join(f"{r} x{n}" for r, n in skipped["by_reason"].items())
+        warn(f"skipped {skipped['count']} invalid rows while loading (skip_invalid; before splitting, so some may have been "
+             f"test items): {reasons}; eval.json data.skipped_invalid lists them, e.g. {skipped['examples'][0]}")
     out = default_out(cfg)
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)  # a file or unwritable place fails before the model loads

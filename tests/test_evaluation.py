@@ -169,6 +169,33 @@ def test_split_selection(eval_files):
     assert desc["split"] == "test" and 0 < sum(it.benchmark == "medqa" for it in items) <= 3
 
 
+def test_rows_a_run_skips_as_invalid_are_counted_in_eval_json_and_said(tmp_path, eval_files, capsys):
+    """A run trained with skip_invalid evaluates with it too; the rows it skips are in eval.json
+    (data.skipped_invalid) and on stderr, never dropped from the denominator without a trace."""
+    from types import SimpleNamespace
+
+    from medslm.config import parse_config
+    from medslm.dataset import DataConfig
+    from medslm.train_config import TrainConfig
+
+    bad = tmp_path / "test.jsonl"
+    rows = eval_files["medqa"].read_text().splitlines()
+    first = json.loads(rows[0])
+    first["answer_idx"] = "Z"
+    bad.write_text("\n".join([json.dumps(first), *rows[1:]]) + "\n")
+    run_cfg = SimpleNamespace(data=DataConfig(medqa=[str(bad)], kormedmcqa=[], skip_invalid=True, split="official"))
+    items, desc = select_items(EvalConfig(model="embedded"), run_cfg)
+    assert len(items) == len(rows) - 1
+    assert desc["skipped_invalid"]["count"] == 1 and f"{bad}:line 1" in desc["skipped_invalid"]["examples"][0]
+    clean = SimpleNamespace(data=DataConfig(medqa=[str(eval_files["medqa"])], kormedmcqa=[], split="official"))
+    assert select_items(EvalConfig(model="embedded"), clean)[1]["skipped_invalid"]["count"] == 0
+    tc = parse_config(TrainConfig, ["--config", str(REPO / "configs" / "tiny.yaml"), "--model.quantization=none"])
+    tc.data = run_cfg.data
+    res = evaluate(EvalConfig(model="embedded", out=str(tmp_path / "ev"), progress=False), base_of=tc)
+    assert res["eval"]["data"]["skipped_invalid"]["count"] == 1 and res["eval"]["n_items"] == len(rows) - 1
+    assert "skipped 1 invalid rows while loading" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input: one error line, exit code 2
 # ---------------------------------------------------------------------------------------------
