@@ -65,7 +65,7 @@ def checkpoint_root(output_dir: str | Path) -> Path:
 
 def _step_of(p: Path) -> int | None:
     tail = p.name[len(STEP_PREFIX) :]
-    return int(tail) if p.name.startswith(STEP_PREFIX) and tail.isdigit() else None
+    return int(tail) if p.name.startswith(STEP_PREFIX) and tail.isascii() and tail.isdigit() else None
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:

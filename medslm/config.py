@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -336,7 +337,7 @@ def config_help(cls: type) -> str:
 def parse_ratio(text: str) -> tuple[int, int]:
     """``"10:3"`` -> ``(10, 3)``; both parts non-negative integers, not both zero."""
     parts = str(text).split(":")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+    if len(parts) != 2 or not all(re.fullmatch(r"[0-9]+", p.strip()) for p in parts):  # ASCII: "²".isdigit() is True
         raise ConfigError(f"ratio must look like EN:KO with integers, e.g. 7:3; got {text!r}")
     en, ko = int(parts[0]), int(parts[1])
     if en == 0 and ko == 0:

@@ -144,11 +144,33 @@ def _read_jsonl(path: Path, split: str | None) -> Iterator[RawRow]:
 
 def _read_csv(path: Path, split: str | None) -> Iterator[RawRow]:
     text = _read_text(path)
-    # newline="": lines end at \n, \r\n or \r only, and quoted fields may span lines
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    for row in reader:
-        # line_num is the physical line the row ended on; rows rarely span lines in these exports
-        yield RawRow(dict(row), f"{path}:line {reader.line_num}", split)
+    # newline="": lines end at \n, \r\n or \r only, and quoted fields may span lines. strict: a
+    # quote that never closes is an error, not a field that swallows every later row
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header: list[str] | None = None
+    start = 1  # the physical line the next row starts on
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            hint = "; a quote opened in this row never closes" if "end of data" in str(exc) else ""
+            raise DataError(f"{path}:line {start}", "(csv)", f"not valid CSV: {exc}{hint}") from None
+        where, start = f"{path}:line {reader.line_num}", reader.line_num + 1  # rows rarely span lines in these exports
+        if not fields:  # a blank line
+            continue
+        if header is None:
+            header = fields
+            dup = sorted({c for c in header if header.count(c) > 1})
+            if dup:
+                raise DataError(where, "(header)", f"column names repeat: {', '.join(dup)}")
+            continue
+        row = dict(zip(header, fields))
+        if len(fields) != len(header):  # an unquoted comma or a missing field shifts every later column
+            row = {"__error__": f"{len(fields)} fields where the header has {len(header)} (an unquoted comma, or a missing field?)",
+                   "__field__": "(csv)"}
+        yield RawRow(row, where, split)
 
 
 def _read_parquet(path: Path, split: str | None) -> Iterator[RawRow]:
@@ -291,7 +313,7 @@ def _int(row: RawRow, key: str) -> int:
         return int(value)
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]+", value.strip()):  # ASCII digits only ('²'.isdigit() is True)
         return int(value.strip())
     raise DataError(row.where, key, f"expected an integer, got {value!r}")
 
@@ -307,12 +329,15 @@ def _check_options(row: RawRow, options: list[str], field_prefix: str) -> tuple[
 def medqa_item(row: RawRow) -> MCQItem:
     """Validate one MedQA row (jind11 layout or the GBaker 4-options layout)."""
     if "__error__" in row.data:
-        raise DataError(row.where, "(json)", row.data["__error__"])
+        raise DataError(row.where, row.data.get("__field__", "(json)"), row.data["__error__"])
     if "sent1" in row.data:  # GBaker/MedQA-USMLE-4-options-hf
         question = _text(row, "sent1")
         ending_keys = sorted((k for k in row.data if re.fullmatch(r"ending\d+", k)), key=lambda k: int(k[6:]))
         if not ending_keys:
             raise DataError(row.where, "ending0", "missing")
+        for j, k in enumerate(ending_keys):  # a gap would shift every later option under `label`
+            if k != f"ending{j}":
+                raise DataError(row.where, f"ending{j}", f"missing (the row has {', '.join(ending_keys)})")
         options = [_text(row, k) for k in ending_keys]
         opts = _check_options(row, options, "ending0")
         label = _int(row, "label")
@@ -401,7 +426,7 @@ def _id_path(path: str) -> str:
 def kormedmcqa_item(row: RawRow) -> MCQItem:
     """Validate one KorMedMCQA row."""
     if "__error__" in row.data:
-        raise DataError(row.where, "(json)", row.data["__error__"])
+        raise DataError(row.where, row.data.get("__field__", "(json)"), row.data["__error__"])
     subject = _text(row, "subject").lower()
     if subject not in KORMED_SUBJECTS:
         raise DataError(row.where, "subject", f"'{subject}' is not one of {', '.join(KORMED_SUBJECTS)}")

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from medslm.data import DataError
-from medslm.records import MCQItem
+from medslm.records import LANGUAGE_OF, MCQItem
 
 DEFAULT_RULES = Path(__file__).resolve().parent / "assets" / "domain_rules.yaml"
 FIELDS = ("question", "options")
@@ -139,6 +139,9 @@ def parse_rules(text: str, path: str = "<rules>") -> DomainRules:
         benchmarks = r.get("benchmarks")
         if benchmarks is not None and (not isinstance(benchmarks, list) or not all(isinstance(b, str) for b in benchmarks) or not benchmarks):
             raise DataError(where, f"rules[{i}].benchmarks", f"must be a list of benchmark names (medqa, kormedmcqa), got {benchmarks!r}")
+        unknown = [b for b in benchmarks or () if b not in LANGUAGE_OF]
+        if unknown:  # a misspelt name would switch the rule off without a word
+            raise DataError(where, f"rules[{i}].benchmarks", f"{', '.join(map(repr, unknown))} is not a benchmark (medqa, kormedmcqa)")
         fields_ = r.get("fields", list(FIELDS))
         if not isinstance(fields_, list) or not fields_ or any(f not in FIELDS for f in fields_):
             raise DataError(where, f"rules[{i}].fields", f"must be a non-empty list of {list(FIELDS)}, got {fields_!r}")

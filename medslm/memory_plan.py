@@ -491,7 +491,7 @@ def estimate_cli(argv: list[str]) -> dict[str, Any]:
             continue
         if arg == "--gpus" or arg.startswith("--gpus="):
             value = arg.split("=", 1)[1] if "=" in arg else (args.pop(0) if args else "")
-            if not value.isdigit() or int(value) < 1:
+            if not (value.isascii() and value.isdigit()) or int(value) < 1:
                 raise ConfigError(f"command line: --gpus must be a positive integer, got {value!r}")
             world = int(value)
             continue

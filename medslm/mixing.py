@@ -40,7 +40,11 @@ SplitMode = Literal["hash", "official"]
 
 
 def normalise_text(text: str) -> str:
+    """NFKC, casefolded, format characters (zero-width space, BOM, soft hyphen: category Cf)
+    removed and whitespace runs made one space: two copies of a question that differ only in
+    what a reader cannot see get one key, so they land in one split."""
     text = unicodedata.normalize("NFKC", text).casefold()
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
     return re.sub(r"\s+", " ", text).strip()
 
 
@@ -195,6 +199,10 @@ def mix_by_ratio(items: list[MCQItem], ratio: tuple[int, int], seed: int = 0, up
         n_en, n_ko = round(scale * en_w), round(scale * ko_w)
         if not upsample:
             n_en, n_ko = min(n_en, len(en)), min(n_ko, len(ko))
+        if not (n_en and n_ko):  # a mix labelled 1:2 that trains on one language is a wrong experiment
+            short = "English" if n_en == 0 else "Korean"
+            raise MixError(f"ratio {en_w}:{ko_w} with {len(en)} English and {len(ko)} Korean training items rounds the "
+                           f"{short} side to 0 items ({n_en}:{n_ko}); add data, use --upsample, or train on one language (1:0 / 0:1)")
     take = _upsample if upsample else _stratified_sample
     chosen_en = take(en, n_en, seed) if n_en else []
     chosen_ko = take(ko, n_ko, seed) if n_ko else []

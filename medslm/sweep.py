@@ -373,7 +373,7 @@ def _trainable(config: dict[str, Any], plan: dict[str, dict[str, Any]], base: di
 
 
 def _natural(name: str) -> list[Any]:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+    return [int(t) if t.isascii() and t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 def _error_line(err: BaseException | None, run_dir: Path) -> str:

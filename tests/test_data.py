@@ -12,7 +12,8 @@ import pytest
 from conftest import kormed_row, medqa_row, write_jsonl
 from medslm.data import DataError, SkipLog, load_items
 from medslm.dataset import DataConfig, build_dataset, load_and_split
-from medslm.mixing import content_key, mix_by_ratio, split_items
+from medslm.config import ConfigError, parse_ratio
+from medslm.mixing import MixError, content_key, mix_by_ratio, split_items
 
 
 def test_medqa_jsonl_and_gbaker_layout(tmp_path):
@@ -74,6 +75,61 @@ def test_malformed_json_and_bad_encoding(tmp_path):
     g.write_bytes(json.dumps(medqa_row(0)).encode() + b"\n" + '{"question": "caf\xe9"}'.encode("latin-1") + b"\n")
     with pytest.raises(DataError, match=r"latin.jsonl:line 2: .*not valid UTF-8"):
         load_items("medqa", [g])
+
+
+KORMED_HEADER = "subject,year,period,q_number,question,A,B,C,D,E,answer,cot"
+
+
+def _csv(tmp_path, *rows: str):
+    f = tmp_path / "train.csv"
+    f.write_text("\n".join([KORMED_HEADER, *rows]) + "\n", encoding="utf-8")
+    return f
+
+
+def test_a_csv_quote_that_never_closes_or_a_row_with_shifted_columns_is_an_error(tmp_path):
+    """Non-strict CSV read an unclosed quote as one field holding every later row, and a row with an
+    unquoted comma as shifted columns (a wrong answer trained): both were exit 0."""
+    ok = "nurse,2020,1,{n},질문 {n}?,가,나,다,라,마,2,"
+    f = _csv(tmp_path, ok.format(n=1), ok.format(n=2) + '"see note', ok.format(n=3), ok.format(n=4))
+    with pytest.raises(DataError, match=r"train.csv:line 3: field '\(csv\)': not valid CSV: .*a quote opened in this row never closes"):
+        load_items("kormedmcqa", [f])
+    f = _csv(tmp_path, "pharm,2021,1,1,다음 중 옳은 것은, 몇 개인가?,1,2,3,4,5,2,", ok.format(n=2))
+    with pytest.raises(DataError, match=r"train.csv:line 2: field '\(csv\)': 13 fields where the header has 12"):
+        load_items("kormedmcqa", [f])
+    skips = SkipLog()  # a row-level fault: skip_invalid skips and counts it
+    assert [it.id for it in load_items("kormedmcqa", [f], skip_invalid=True, skips=skips)] == ["kormedmcqa/nurse/2020-1-2"]
+    assert len(skips) == 1 and "13 fields" in skips.summary()["examples"][0]
+    f = _csv(tmp_path, ok.format(n=1).replace(",2,", ",²,"), ok.format(n=2))  # '²'.isdigit() is True, int('²') fails
+    with pytest.raises(DataError, match=r"train.csv:line 2: field 'answer': expected an integer, got '²'"):
+        load_items("kormedmcqa", [f])
+    (tmp_path / "dup.csv").write_text(KORMED_HEADER + ",answer\n" + ok.format(n=1) + ",3\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"dup.csv:line 1: field '\(header\)': column names repeat: answer"):
+        load_items("kormedmcqa", [tmp_path / "dup.csv"])
+
+
+def test_a_gap_in_the_4_options_hf_endings_is_an_error_not_a_shifted_label(tmp_path):
+    f = write_jsonl(tmp_path / "hf.jsonl", [{"id": "q0", "sent1": "Which?", "ending0": "a", "ending1": "b", "ending3": "d", "label": 2}])
+    with pytest.raises(DataError, match=r"hf.jsonl:line 1: field 'ending2': missing \(the row has ending0, ending1, ending3\)"):
+        load_items("medqa", [f])
+
+
+def test_copies_that_differ_only_in_invisible_characters_share_one_key_and_split(tmp_path):
+    a = medqa_row(0)
+    b = json.loads(json.dumps(a))
+    b["question"] = b["question"].replace("patient", "pa\u200btient\u00ad").replace("What", "\ufeffWhat")
+    b["options"]["A"] = "option\u200b a number 0"
+    b["answer"] = b["options"][b["answer_idx"]]
+    x, y = load_items("medqa", [write_jsonl(tmp_path / "x.jsonl", [a]), write_jsonl(tmp_path / "y.jsonl", [b])])
+    assert x.question != y.question and content_key(x) == content_key(y)
+
+
+def test_a_ratio_that_rounds_one_language_to_nothing_is_an_error(tmp_path):
+    items = _items(tmp_path, 5, 1)
+    with pytest.raises(MixError, match=r"ratio 1:2 with 5 English and 1 Korean training items rounds the English side to 0 items"):
+        mix_by_ratio(items, (1, 2))
+    assert mix_by_ratio(items, (1, 2), upsample=True).used == {"en": 5, "ko": 10}  # the Korean item repeated
+    with pytest.raises(ConfigError, match="ratio must look like EN:KO"):
+        parse_ratio("²:3")
 
 
 def test_kormed_answer_out_of_range_and_duplicate_id(tmp_path):

@@ -88,6 +88,7 @@ rules:
         ("rules:\n  - domain: law\n    pattern: [x]\n", "rules[0].pattern", 3),
         ("rules:\n  - domain: law\n    patterns: []\n", "rules[0].patterns", 2),
         ("rules:\n  - domain: law\n    fields: [answer]\n    patterns: [x]\n", "rules[0].fields", 2),
+        ("rules:\n  - domain: law\n    benchmarks: [kormedmcq]\n    patterns: [x]\n", "rules[0].benchmarks", 2),  # misspelt: the rule would never fire
         ("version: 2\nrules: []\n", "version", 1),
         ("rules: [\n", "(file)", 2),
         ("- just a list\n", "rules", 1),
