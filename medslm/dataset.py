@@ -218,7 +218,8 @@ def build_dataset(cfg: DataConfig, tokenizer: Any, global_batch_rows: int = 128,
             "skipped_invalid": loaded.skips.summary(),
             "overlong": {
                 "policy": cfg.overlong,
-                "truncated": tokenised.truncated + val.truncated,
+                # in the pack (train items of the mix, once each, and val); the pool before mixing may have more
+                "truncated": len({e.item_id for e in train if e.truncated}) + val.truncated,
                 "dropped": tokenised.dropped + val.dropped,
             },
             "val_samples": len(val.examples),

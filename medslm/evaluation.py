@@ -112,7 +112,7 @@ def load_run_config(run: str | Path) -> Any:
 
 def check_device(name: str) -> None:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (spelling only; :func:`resolve_device` checks the GPU)."""
-    if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()):
+    if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isascii() and name[5:].isdigit()):
         return
     raise ConfigError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
 
@@ -295,7 +295,7 @@ def fit_prompts(items: list[MCQItem], tokenizer: Any, scoring: str, max_seq_len:
             reserve = max(len(tokenizer(f" {LETTERS[k]}. {t}", add_special_tokens=False)["input_ids"]) for k, t in enumerate(it.options))
         else:
             reserve = letter_len
-        ids, cut = fit_prompt(it, encode_prompt(tokenizer, format_prompt(it)), reserve, max_seq_len, overlong, bos)  # type: ignore[arg-type]
+        ids, cut = fit_prompt(it, encode_prompt(tokenizer, format_prompt(it)), reserve, max_seq_len, overlong, bos, tokenizer)  # type: ignore[arg-type]
         if ids is None:
             continue
         kept.append(it)

@@ -21,10 +21,15 @@ KO_ANSWER_CUE = "정답："  # full-width colon, as in lm-evaluation-harness's k
 
 
 def format_prompt(item: MCQItem) -> str:
-    options = "".join(f"\n{LETTERS[i]}. {text}" for i, text in enumerate(item.options))
     if item.language == "ko":
-        return f"{item.question}{options}\n{KO_ANSWER_CUE}"
-    return f"Question: {item.question}{options}\nAnswer:"
+        return f"{item.question}{format_options(item)}"
+    return f"Question: {item.question}{format_options(item)}"
+
+
+def format_options(item: MCQItem) -> str:
+    """The end of the prompt that truncation must keep: the options and the answer cue."""
+    options = "".join(f"\n{LETTERS[i]}. {text}" for i, text in enumerate(item.options))
+    return f"{options}\n{KO_ANSWER_CUE}" if item.language == "ko" else f"{options}\nAnswer:"
 
 
 def format_target(item: MCQItem, answer_format: AnswerFormat = "letter") -> str:
@@ -83,12 +88,15 @@ def fit_prompt(
     max_seq_len: int,
     overlong: Literal["error", "truncate", "drop"],
     bos_id: int | None,
+    tokenizer: Any = None,
 ) -> tuple[list[int] | None, bool]:
     """``(prompt ids, truncated)`` leaving ``reserve`` tokens (the answer) within ``max_seq_len``.
 
     Too long: :class:`OverlongError` (``"error"``), the prompt loses tokens from the left after BOS
     so the options survive (``"truncate"``), or ``(None, False)`` (``"drop"``). Training and
-    evaluation both cut prompts here, so they see the same prompts.
+    evaluation both cut prompts here, so they see the same prompts. ``tokenizer`` measures the
+    options and answer cue (:func:`format_options`): when even they do not fit, truncating would cut
+    into the options, so that is an :class:`OverlongError` too (``drop`` skips such an item).
     """
     total = len(prompt_ids) + reserve
     if total <= max_seq_len:
@@ -104,6 +112,14 @@ def fit_prompt(
     has_bos = bos_id is not None and prompt_ids[:1] == [bos_id]
     if keep < 1 + int(has_bos):
         raise OverlongError(f"item '{item.id}': the answer alone is longer than max_seq_len={max_seq_len}")
+    if tokenizer is not None:
+        options = len(tokenizer(format_options(item), add_special_tokens=False)["input_ids"])
+        if keep - int(has_bos) < options:
+            raise OverlongError(
+                f"{item.source or item.id}: item '{item.id}': its options, answer cue and answer alone are "
+                f"{options + reserve + int(has_bos)} tokens, over max_seq_len={max_seq_len}, so truncating the question "
+                "cannot fit it (raise max_seq_len, or set overlong to drop)"
+            )
     tail = prompt_ids[len(prompt_ids) - (keep - int(has_bos)) :]
     return (prompt_ids[:1] + tail if has_bos else tail), True
 
@@ -126,7 +142,7 @@ def build_example(
     if eos is not None:
         target_ids.append(eos)
     bos = getattr(tokenizer, "bos_token_id", None)
-    prompt_ids, truncated = fit_prompt(item, encode_prompt(tokenizer, format_prompt(item)), len(target_ids), max_seq_len, overlong, bos)
+    prompt_ids, truncated = fit_prompt(item, encode_prompt(tokenizer, format_prompt(item)), len(target_ids), max_seq_len, overlong, bos, tokenizer)
     if prompt_ids is None:
         return None
     input_ids = prompt_ids + target_ids

@@ -178,26 +178,41 @@ def _looks_local(name_or_path: str) -> bool:
 def _from_local(path: Path) -> Any:
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    from medslm.cli import UserError
+
     if not path.exists():
         raise FileNotFoundError(f"tokenizer path does not exist: {path} (absolute: {path.resolve()})")
     if path.is_file():
         if path.name == "tokenizer.json" and (path.parent / "tokenizer_config.json").is_file():
-            return AutoTokenizer.from_pretrained(str(path.parent), trust_remote_code=False)
-        if path.name.endswith(".json"):
+            return _from_local(path.parent)
+        if not path.name.endswith(".json"):
+            raise UserError(f"tokenizer path {path} is a file; give a folder (with tokenizer.json) or a tokenizer.json file")
+        from medslm.files import read_json
+
+        read_json(path, "give a tokenizer.json file")  # truncated: named
+        try:
             return PreTrainedTokenizerFast(tokenizer_file=str(path), clean_up_tokenization_spaces=False)
-        raise ValueError(
-            f"tokenizer path {path} is a file; give a folder (with tokenizer.json) or a tokenizer.json file"
-        )
+        except Exception as exc:  # the tokenizers library raises a bare Exception ("Model missing", ...)
+            raise UserError(f"{path}: not a tokenizer file the tokenizers library can read ({_first_line(exc)})") from None
     markers = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
     if not any((path / m).is_file() for m in markers):
         raise FileNotFoundError(f"no tokenizer files ({', '.join(markers)}) in {path}")
+    from medslm.files import check_json_files
+
+    check_json_files(path)  # a truncated file is named, which transformers does not do
     try:
         return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-    except ValueError:  # json.JSONDecodeError among them: name the truncated file, which transformers does not
-        from medslm.files import check_json_files
+    except (OSError, ValueError) as exc:
+        raise UserError(f"could not load the tokenizer in {path}: {_first_line(exc)}") from None
+    except Exception as exc:  # the tokenizers library's own errors are bare Exceptions
+        if type(exc) is not Exception:
+            raise
+        raise UserError(f"could not load the tokenizer in {path}: {_first_line(exc)}") from None
 
-        check_json_files(path)
-        raise
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_tokenizer(name_or_path: str | None = None) -> Any:
@@ -228,11 +243,12 @@ def load_tokenizer(name_or_path: str | None = None) -> Any:
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
         except OSError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"could not load tokenizer {str(name_or_path)!r} ({source}): {first}") from None
+            raise UserError(f"could not load tokenizer {str(name_or_path)!r} ({source}): {_first_line(exc)}") from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise ValueError(f"tokenizer {source} has neither a pad token nor an eos token to use for padding")
+            from medslm.cli import UserError
+
+            raise UserError(f"tokenizer {source} has neither a pad token nor an eos token to use for padding")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 

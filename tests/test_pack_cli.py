@@ -61,6 +61,43 @@ def test_pack_overlong_policies(tmp_path):
     assert res.returncode == 0, res.stderr
     report = json.loads((tmp_path / "b" / "packing_report.json").read_text())
     assert report["overlong"]["truncated"] > 0 and report["max_tokens_per_sample"] <= 150
+    # options that do not fit even without the question: truncating would cut into them
+    res = _pack("--max-seq-len", "60", "--overlong", "truncate", "--out", str(tmp_path / "c"))
+    assert res.returncode == 2 and "its options, answer cue and answer alone are" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_truncation_keeps_every_option_and_the_report_counts_what_is_in_the_pack():
+    """--overlong truncate cut into option A when the options alone did not fit, and 'truncated'
+    counted the training pool before the ratio subsample, not the pack."""
+    from medslm.dataset import DataConfig, build_dataset, load_and_split
+    from medslm.prompts import build_example, format_options
+    from medslm.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(None)
+    cfg = DataConfig(max_seq_len=100, overlong="truncate", ratio="10:3")
+    built = build_dataset(cfg, tok)
+    loaded = load_and_split(cfg)
+    by_id = {it.id: it for s in loaded.splits.splits.values() for it in s}
+    cut = 0
+    for ex in {e.item_id: e for e in built.train}.values():
+        item = by_id[ex.item_id]
+        if len(ex) < len(build_example(item, tok, 10**6)):
+            cut += 1
+            assert tok.decode(ex.input_ids).endswith(format_options(item) + tok.decode(ex.labels[-2:])), item.id
+    val_cut = sum(len(e) < len(build_example(by_id[e.item_id], tok, 10**6)) for e in built.val)
+    assert cut > 0 and built.report["overlong"]["truncated"] == cut + val_cut
+
+
+@pytest.mark.parametrize("name, text, want", [
+    ("tok.csv", "a,b\n", "is a file; give a folder (with tokenizer.json) or a tokenizer.json file"),
+    ("tokenizer.json", "{}", "not a tokenizer file the tokenizers library can read (Model missing"),
+    ("tokenizer.json", '{"model": ', "not valid JSON"),
+])
+def test_a_file_that_is_no_tokenizer_is_one_line_exit_2(tmp_path, name, text, want):
+    (tmp_path / name).write_text(text)
+    res = _pack("--tokenizer", str(tmp_path / name), "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and want in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
 
 
 def test_every_pack_flag_has_help_text():
