@@ -255,8 +255,9 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool, ckpt: Checkpoint
     mem = PeakMemory(dist.device)
     if start_step == 0:
         logger.text("config", "```\n" + yaml.safe_dump(to_dict(cfg), allow_unicode=True) + "\n```")
-    fsdp = dist.distributed and cfg.distributed.fsdp
-    loss_scale = dist.world_size if fsdp else 1  # FSDP and all_reduce_grads average over ranks
+    # each rank's loss is its share of the global batch's sum / n_sup; FSDP and all_reduce_grads both
+    # average over ranks, so the sum the step needs is world_size x their mean
+    loss_scale = dist.world_size if dist.distributed else 1
     row_sup = [supervised_tokens(r) for r in s.rows]
     row_real = [sum(len(ex["input_ids"]) for ex in r) for r in s.rows]
 

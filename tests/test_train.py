@@ -26,9 +26,9 @@ def _cfg(tmp_path: Path, *extra: str) -> TrainConfig:
     return parse_config(TrainConfig, [*FAST, f"--train.output_dir={tmp_path / 'run'}", *extra])
 
 
-def _losses(run_dir: Path) -> dict[int, float]:
+def _losses(run_dir: Path, key: str = "loss") -> dict[int, float]:
     recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in recs if r["kind"] == "train"}
+    return {r["step"]: r[key] for r in recs if r["kind"] == "train"}
 
 
 def _run_cli(args: list[str], env_extra: dict | None = None, nproc: int = 1) -> subprocess.CompletedProcess:
@@ -112,6 +112,11 @@ def test_two_ranks_equal_one_rank_with_twice_the_accumulation(tmp_path, fsdp, dt
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5]
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=rel), step
+    # the gradient itself, before clipping: AdamW and a clip at 1.0 hide a gradient off by the world size
+    # from the losses (fsdp=false once summed ranks' shares and then averaged them: half the norm)
+    ga, gb = _losses(tmp_path / "one", "grad_norm"), _losses(tmp_path / "two", "grad_norm")
+    for step in ga:
+        assert gb[step] == pytest.approx(ga[step], rel=rel), step
 
 
 @pytest.mark.parametrize(
