@@ -273,6 +273,21 @@ class RowDigest:
         }
 
 
+def training_rows_id(rows: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """What a run trains on, in order: its row count and a SHA-256 of every row's token ids and
+    labels. A checkpoint records it, so a resume on other data (a changed file, mix or packing,
+    under the same config) is refused instead of continuing on a schedule made for other rows."""
+    import numpy as np
+
+    sha = hashlib.sha256()
+    for row in rows:
+        for ex in row:
+            for seq in (ex["input_ids"], ex["labels"]):
+                sha.update(np.asarray([len(seq), *seq], dtype="<i8").tobytes())
+        sha.update(b"\x1e")
+    return {"rows": len(rows), "sha256": sha.hexdigest()}
+
+
 def is_pack_dir(path: Path) -> bool:
     """A folder pack.py wrote (and may replace): only its own entries, with its report."""
     names = {p.name for p in path.iterdir()}

@@ -5,8 +5,8 @@
   the run resumes from the one before. No loadable checkpoint: the run starts at step 0.
 - ``train.resume=PATH`` must load: otherwise one line, exit 2.
 - A checkpoint whose state.pt holds more than tensors and plain values is refused either way.
-- Every config key must match the checkpoint's except those in ``RESUME_MAY_CHANGE``, and the
-  global batch must be the same; the world size may differ (the optimizer state is stored whole
+- Every config key must match the checkpoint's except those in ``RESUME_MAY_CHANGE``, the
+  training rows must be the checkpoint's (count and digest), and the global batch must be the same; the world size may differ (the optimizer state is stored whole
   and keyed by parameter name; RNG streams are restored only under the same world size).
 """
 
@@ -76,9 +76,10 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_resume(cfg: TrainConfig, ckpt: Checkpoint, world_size: int) -> list[str]:
-    """Refuse (UserError) a checkpoint made with other step-changing settings; return the keys that
-    may change and did (``key: old -> new``)."""
+def check_resume(cfg: TrainConfig, ckpt: Checkpoint, world_size: int, data: dict[str, Any] | None = None) -> list[str]:
+    """Refuse (UserError) a checkpoint made with other step-changing settings or other training rows
+    (``data``: :func:`medslm.dataset.training_rows_id`); return the keys that may change and did
+    (``key: old -> new``)."""
     now, saved, default = _flat(to_dict(cfg)), _flat(ckpt.config), _flat(to_dict(TrainConfig()))
     diffs, changed = [], []
     for key, value in now.items():
@@ -96,12 +97,21 @@ def check_resume(cfg: TrainConfig, ckpt: Checkpoint, world_size: int) -> list[st
         )
     if diffs:
         raise UserError(f"train.resume: {ckpt.path} was made with settings that change the optimizer's steps: " + "; ".join(diffs))
+    saved_data = ckpt.state.get("data")  # checkpoints from before it was recorded: not checked
+    if data is not None and saved_data is not None and saved_data != data:
+        raise UserError(
+            f"train.resume: {ckpt.path} trained on other rows ({saved_data['rows']} rows, sha256 {saved_data['sha256'][:12]}) "
+            f"than this run has ({data['rows']} rows, sha256 {data['sha256'][:12]}): the data files, their mix or their packing "
+            "changed under the same config; resume with the data the run started on, or start a new run (another "
+            "train.output_dir, or train.overwrite=true)"
+        )
     return changed
 
 
-def restore(cfg: TrainConfig, ckpt: Checkpoint, dist: D.DistState, model: Any, optimizer: Any, scheduler: Any) -> int:
+def restore(cfg: TrainConfig, ckpt: Checkpoint, dist: D.DistState, model: Any, optimizer: Any, scheduler: Any,
+            data: dict[str, Any] | None = None) -> int:
     """Check and load a checkpoint into the model, optimizer, scheduler and RNG; returns its step."""
-    changed = check_resume(cfg, ckpt, dist.world_size)
+    changed = check_resume(cfg, ckpt, dist.world_size, data)
     D.load_trainable_state_dict(model, ckpt.adapter)
     # under this run's train.adamw, whichever implementation wrote the checkpoint
     D.load_optimizer_state(model, optimizer, for_optimizer(ckpt.state["optimizer"], optimizer), dist)

@@ -34,7 +34,7 @@ from medslm.auto_batch import AutoMicroBatch
 from medslm.checkpoint import Checkpoint, save_adapter, save_checkpoint
 from medslm.cli import UserError
 from medslm.config import save_config, to_dict
-from medslm.dataset import build_dataset, read_pack, rows_of, save_run_data
+from medslm.dataset import build_dataset, read_pack, rows_of, save_run_data, training_rows_id
 from medslm.files import writing
 from medslm.metrics import MetricsLogger, PeakMemory
 from medslm.modeling import AdapterPrecision, apply_lora, decoder_layers, embedded_tokenizer_for, load_base_model
@@ -246,7 +246,8 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool, ckpt: Checkpoint
         optimizer, lambda st: lr_factor(st, t_cfg.warmup_steps, total_steps)
     )
 
-    start_step = restore(cfg, ckpt, dist, model, optimizer, scheduler) if ckpt is not None else 0
+    data_id = training_rows_id(s.rows)  # recorded in every checkpoint; a resume must find the same rows
+    start_step = restore(cfg, ckpt, dist, model, optimizer, scheduler, data_id) if ckpt is not None else 0
 
     if dist.is_main:
         save_config(cfg, os.path.join(out, "config.yaml"))
@@ -344,7 +345,7 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool, ckpt: Checkpoint
                     logger.log(step, {"epoch": step / steps_per_epoch, "val_loss": vl}, kind="val")
                 model.train()
             if saving:
-                _save(s, optimizer, scheduler, step, g_rows, out)
+                _save(s, optimizer, scheduler, step, g_rows, out, data_id)
                 if fault_step and step == fault_step:
                     os.kill(os.getpid(), signal.SIGKILL)
             if validating or saving:
@@ -389,7 +390,7 @@ def _progress_fields(step: int, steps_per_epoch: int, loss: float, lr: float, to
     return fields
 
 
-def _save(s: Setup, optimizer: Any, scheduler: Any, step: int, g_rows: int, out: str) -> None:
+def _save(s: Setup, optimizer: Any, scheduler: Any, step: int, g_rows: int, out: str, data_id: dict[str, Any]) -> None:
     dist = s.dist
     adapter = D.trainable_state_dict(s.model)  # collective
     check_adapter(adapter, step, out)
@@ -403,6 +404,7 @@ def _save(s: Setup, optimizer: Any, scheduler: Any, step: int, g_rows: int, out:
             "rng": rngs,
             "world_size": dist.world_size,
             "global_batch_rows": g_rows,
+            "data": data_id,
         }
         save_checkpoint(out, step, adapter, state, yaml.safe_dump(to_dict(s.cfg), allow_unicode=True), s.cfg.train.keep_checkpoints)
     D.barrier(dist)

@@ -165,6 +165,28 @@ def test_a_key_that_changes_the_optimizers_steps_is_refused_on_resume(ref, tmp_p
     assert "max_grad_norm: 1.0" in (out / "config.yaml").read_text()  # the run's record is not rewritten
 
 
+def test_resume_on_other_training_rows_under_the_same_config_is_refused(tmp_path):
+    """The same paths and config, but a data file changed between the crash and the resume: the run
+    went on over fewer rows with a recomputed schedule, exit 0. The checkpoint's row digest refuses it."""
+    data = tmp_path / "data"
+    shutil.copytree(REPO / "data" / "samples" / "medqa", data / "medqa")
+    args = [f"--data.medqa={data / 'medqa' / 'US'}", "--data.kormedmcqa=embedded", "--train.save_every=2", "--train.keep_checkpoints=2"]
+    first = tmp_path / "first"
+    trainer.train(_cfg(first, *args))
+    state = torch.load(_step(first, 2) / "state.pt", weights_only=True)
+    assert state["data"]["rows"] > 0 and len(state["data"]["sha256"]) == 64
+    train_file = data / "medqa" / "US" / "train.jsonl"
+    lines = train_file.read_text().splitlines()
+    train_file.write_text("\n".join(lines[: len(lines) // 2]) + "\n")
+    out = tmp_path / "resumed"
+    with pytest.raises(UserError, match=r"step-00000002 trained on other rows \(\d+ rows, sha256 \w{12}\) than this run has"):
+        trainer.train(_cfg(out, *args, f"--train.resume={_step(first, 2)}"))
+    assert not (out / "mix_manifest.jsonl").exists()  # refused before anything is written
+    train_file.write_text("\n".join(lines) + "\n")  # the data it started on: it resumes
+    assert "resuming from" in _train_printing(_cfg(out, *args, f"--train.resume={_step(first, 2)}"))
+    _same_steps(out, first, [3, 4])
+
+
 def test_resume_under_another_world_size_with_the_same_global_batch(ref, tmp_path):
     """1 rank x grad-accum 2 -> 2 ranks (FSDP) x 1 from step 2, then back to 1 rank from step 3."""
     two = tmp_path / "two"
