@@ -86,13 +86,15 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
         raise ConfigError(f"{source}: '{key}' must be an integer, got {value!r}")
     if tp is float:
         number: float | None = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):
-            try:
+        try:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
                 number = float(value)
-            except ValueError:
-                pass
+            elif isinstance(value, str):
+                number = float(value)
+        except ValueError:
+            pass
+        except OverflowError:  # an integer of hundreds of digits
+            raise ConfigError(f"{source}: '{key}' must be a finite number, got an integer of {len(str(value))} digits") from None
         if number is None:
             raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
         if not math.isfinite(number):  # nan and inf parse as floats, and would train to NaN with exit 0
@@ -152,16 +154,39 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return _load_yaml_text(path)[0]
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice in one mapping is an error: PyYAML keeps the last,
+    so a second ``train:`` section silently dropped every key of the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise ConfigError(f"{self.name}:line {line}: key {key!r} is given twice in one mapping (first at line {seen[key]}); "
+                                  "the first would be dropped: merge them")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _load_yaml_text(path: str | Path) -> tuple[dict[str, Any], str]:
     """The parsed file and the text it was parsed from (one read)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     text = p.read_text(encoding="utf-8")
+    loader = _UniqueKeyLoader(text)
+    loader.name = str(p)
     try:
-        tree = yaml.safe_load(text) or {}
+        tree = loader.get_single_data() or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p}:line {mark.line + 1}" if mark is not None else str(p)
+        what = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ConfigError(f"{where}: not valid YAML: {what}") from None
+    finally:
+        loader.dispose()
     return tree, text
 
 

@@ -44,6 +44,13 @@ def init_distributed(device: str = "auto") -> DistState:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and local_rank >= torch.cuda.device_count():
+        from medslm.cli import UserError
+
+        have = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no usable CUDA (torch " \
+            f"{torch.__version__}, built {'without CUDA' if torch.version.cuda is None else 'with CUDA ' + torch.version.cuda})"
+        raise UserError(f"train.device=cuda: local rank {local_rank} needs a GPU, but this machine has {have}; "
+                        "use train.device=auto or cpu, or fewer ranks per node")
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)

@@ -152,7 +152,14 @@ def lora_target_modules(model: Any, targets: list[str]) -> str | list[str]:
 
     layout = layout_of(model)
     if not layout.multimodal:
-        return "all-linear" if targets == ["all-linear"] else list(targets)
+        if targets == ["all-linear"]:
+            return "all-linear"
+        linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) or type(m).__name__ in ("Linear4bit", "Linear8bitLt")]
+        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in linear)]
+        if missing:  # PEFT drops a target that matches nothing when another one matches
+            raise ConfigError(f"lora.target_modules: {missing} match no linear layer of the model; "
+                              f"its decoder layers have {_linear_names(model)} (or use all-linear)")
+        return list(targets)
     names = _linear_names(model)
     if targets == ["all-linear"]:
         chosen = names

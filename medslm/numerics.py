@@ -34,6 +34,16 @@ def check_step(step: int, loss: float, grad_norm: float, output_dir: str | Path)
     )
 
 
+def check_validation(step: int, val_loss: float, output_dir: str | Path) -> None:
+    """Raise when the validation loss after ``step`` is nan/inf (finite training losses do not rule it out)."""
+    if math.isfinite(val_loss):
+        return
+    raise NonFiniteError(
+        f"step {step}: the validation loss is {val_loss}: training stopped before this step's checkpoint "
+        f"({_last_good(output_dir)}); check model.compute_dtype (fp16 overflows) and the validation data"
+    )
+
+
 def check_adapter(adapter: dict[str, torch.Tensor], step: int, output_dir: str | Path) -> None:
     """Raise instead of writing an adapter that holds nan/inf (a checkpoint or the result)."""
     bad = [name for name, t in adapter.items() if not bool(torch.isfinite(t).all())]

@@ -207,8 +207,24 @@ def _continues_this_folder(resume: str | None, out: Path) -> bool:
     return bool(resume) and Path(resume).resolve().parent == checkpoint_root(out).resolve()
 
 
-def _open(train: Any) -> RunLock:
+def check_inputs_outside(out: Path, inputs: list[str], overwrite: bool) -> None:
+    """The folder a run writes must not be one it reads (a pack, the data, the model), nor hold one
+    that train.overwrite=true would delete."""
+    for name in inputs:
+        path = Path(name).expanduser()
+        if not path.exists():
+            continue
+        rp, ro = path.resolve(), out.resolve()
+        if rp == ro:
+            raise UserError(f"train.output_dir={out} is an input of this run ({name}): write the run to another folder")
+        if overwrite and ro in rp.parents:
+            raise UserError(f"train.overwrite=true would delete {name}, an input of this run inside train.output_dir={out}; "
+                            "move it out, or write the run to another folder")
+
+
+def _open(train: Any, inputs: list[str] | None = None) -> RunLock:
     out = Path(train.output_dir).absolute()
+    check_inputs_outside(out, inputs or [], train.overwrite)
     check_writable(out)
     lock = acquire_lock(out)
     try:
@@ -234,15 +250,17 @@ def _open(train: Any) -> RunLock:
         raise
 
 
-def open_run_dir(train: Any, dist: D.DistState) -> RunLock | None:
+def open_run_dir(train: Any, dist: D.DistState, inputs: list[str] | None = None) -> RunLock | None:
     """Check, lock and tidy ``train.output_dir`` on rank 0; every rank raises if it fails.
+    ``inputs``: the local paths the run reads, which the run folder must not be or hold (when it
+    would delete them).
 
     Call before loading data or a model; release the returned lock (rank 0) when the run ends.
     """
     lock, error = None, None
     if dist.is_main:
         try:
-            lock = _open(train)
+            lock = _open(train, inputs)
         except BaseException as exc:
             error = exc
     message = D.broadcast_object(dist, None if error is None else str(error) if isinstance(error, UserError) else repr(error))

@@ -49,6 +49,8 @@ class TrainSection:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         if not 0 < self.lr <= 1:  # past 1 AdamW's update overflows (1e300: a crash mid-step), and no sane run uses it
             raise ConfigError(f"train.lr must be in (0, 1] (QLoRA uses ~1e-4 to 1e-3), got {self.lr}")
+        if not 0 <= self.seed < 2**32:  # torch, numpy and CUDA generators all take it
+            raise ConfigError(f"train.seed must be in [0, 2**32), got {self.seed}")
         if self.max_grad_norm <= 0:
             raise ConfigError(f"train.max_grad_norm must be positive, got {self.max_grad_norm}")
         if self.weight_decay < 0:

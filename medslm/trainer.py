@@ -39,7 +39,7 @@ from medslm.files import writing
 from medslm.metrics import MetricsLogger, PeakMemory
 from medslm.modeling import AdapterPrecision, apply_lora, decoder_layers, embedded_tokenizer_for, load_base_model
 from medslm.multimodal import rename_saved_adapter
-from medslm.numerics import check_adapter, check_step
+from medslm.numerics import check_adapter, check_step, check_validation
 from medslm.optimizer import StepNumbers, StepReadback, build_adamw
 from medslm.packing import PackedCollator, PaddedCollator
 from medslm.pygc import managed_collector
@@ -207,7 +207,8 @@ def train(cfg: TrainConfig, keep_model: bool = False) -> dict[str, Any]:
     dist = D.init_distributed(cfg.train.device)
     lock = None
     try:
-        lock = open_run_dir(cfg.train, dist)  # before any data or model is loaded
+        inputs = [cfg.data.packed, cfg.model.name_or_path, cfg.data.tokenizer, *cfg.data.medqa, *cfg.data.kormedmcqa]
+        lock = open_run_dir(cfg.train, dist, [str(p) for p in inputs if p])  # before any data or model is loaded
         ckpt = find_checkpoint(cfg.train.resume, cfg.train.output_dir, notice=print if dist.is_main else lambda _: None)
         with writing(cfg.train.output_dir, disk_full_only=True):  # a full disk is named, whatever wrote
             return _run(cfg, dist, keep_model, ckpt)
@@ -246,6 +247,10 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool, ckpt: Checkpoint
         optimizer, lambda st: lr_factor(st, t_cfg.warmup_steps, total_steps)
     )
 
+    if t_cfg.warmup_steps >= total_steps and dist.is_main:  # the paper's own 100 warmup steps over 18 steps do this
+        console.warn(f"train.warmup_steps={t_cfg.warmup_steps} is not below the run's {total_steps} optimizer steps: the learning "
+                     f"rate rises to {t_cfg.lr * lr_factor(total_steps - 1, t_cfg.warmup_steps, total_steps):.3g} (train.lr={t_cfg.lr:g}) "
+                     "at the last step and the cosine decay never starts; lower train.warmup_steps if that is not meant")
     data_id = training_rows_id(s.rows)  # recorded in every checkpoint; a resume must find the same rows
     start_step = restore(cfg, ckpt, dist, model, optimizer, scheduler, data_id) if ckpt is not None else 0
 
@@ -271,8 +276,10 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool, ckpt: Checkpoint
         ), flush=True)
     bar = console.Progress(total_steps, "train", "step", initial=start_step, enabled=dist.is_main and t_cfg.progress, every=t_cfg.log_every)
     fault_step = int(os.environ.get("MEDSLM_FAULT_AT_STEP", "0"))  # tests: SIGKILL after this checkpoint
-    last_loss = float("nan")
-    val_losses: list[float] = []
+    # a resumed run reports the checkpoint's numbers until it takes a step of its own (a finished
+    # run resumed takes none: its result is the checkpoint's, not nan)
+    last_loss = float(ckpt.state.get("last_loss", float("nan"))) if ckpt is not None else float("nan")
+    val_losses: list[float] = [float(v) for v in ckpt.state.get("val_losses", [])] if ckpt is not None else []
     readback = StepReadback(optimizer, dist.device)  # unfused AdamW: each step's numbers now; fused: a step later
 
     def finish(n: StepNumbers) -> None:
@@ -340,12 +347,13 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool, ckpt: Checkpoint
             if epoch_end:
                 vl = validation_loss(s, dist)
                 if vl is not None:
+                    check_validation(step, vl, out)  # every rank holds the same all-reduced value: all stop together
                     val_losses.append(vl)
                     bar.note(f"validation loss {vl:.4f} after step {step} (epoch {step / steps_per_epoch:.2f})")
                     logger.log(step, {"epoch": step / steps_per_epoch, "val_loss": vl}, kind="val")
                 model.train()
             if saving:
-                _save(s, optimizer, scheduler, step, g_rows, out, data_id)
+                _save(s, optimizer, scheduler, step, g_rows, out, data_id, {"last_loss": last_loss, "val_losses": val_losses})
                 if fault_step and step == fault_step:
                     os.kill(os.getpid(), signal.SIGKILL)
             if validating or saving:
@@ -390,7 +398,8 @@ def _progress_fields(step: int, steps_per_epoch: int, loss: float, lr: float, to
     return fields
 
 
-def _save(s: Setup, optimizer: Any, scheduler: Any, step: int, g_rows: int, out: str, data_id: dict[str, Any]) -> None:
+def _save(s: Setup, optimizer: Any, scheduler: Any, step: int, g_rows: int, out: str, data_id: dict[str, Any],
+          results: dict[str, Any]) -> None:
     dist = s.dist
     adapter = D.trainable_state_dict(s.model)  # collective
     check_adapter(adapter, step, out)
@@ -405,6 +414,7 @@ def _save(s: Setup, optimizer: Any, scheduler: Any, step: int, g_rows: int, out:
             "world_size": dist.world_size,
             "global_batch_rows": g_rows,
             "data": data_id,
+            **results,  # the last loss and the validation losses so far: what a resumed run reports
         }
         save_checkpoint(out, step, adapter, state, yaml.safe_dump(to_dict(s.cfg), allow_unicode=True), s.cfg.train.keep_checkpoints)
     D.barrier(dist)

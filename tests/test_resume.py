@@ -165,6 +165,31 @@ def test_a_key_that_changes_the_optimizers_steps_is_refused_on_resume(ref, tmp_p
     assert "max_grad_norm: 1.0" in (out / "config.yaml").read_text()  # the run's record is not rewritten
 
 
+def test_resuming_a_finished_run_reports_its_losses_not_nan(ref, tmp_path):
+    """A finished run resumed takes no step: its result was final loss nan and no validation
+    losses (exit 0), which a sweep trial rerun read as its metrics."""
+    res = trainer.train(_cfg(tmp_path / "again", f"--train.resume={_step(ref, 4)}"))
+    assert res["steps"] == 4 and res["final_loss"] == pytest.approx(_records(ref)[4]["loss"], rel=1e-12)
+    logged = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
+    vals = [r["val_loss"] for r in logged if r["kind"] == "val"]
+    assert vals and res["val_losses"] == pytest.approx(vals, rel=1e-12)
+
+
+def test_a_non_finite_validation_loss_stops_the_run_before_its_checkpoint(tmp_path, monkeypatch):
+    from medslm.numerics import NonFiniteError
+
+    monkeypatch.setattr(trainer, "validation_loss", lambda s, dist: float("nan"))
+    with pytest.raises(NonFiniteError, match="step 4: the validation loss is nan"):
+        trainer.train(_cfg(tmp_path / "run", "--train.save_every=2"))
+    assert not _step(tmp_path / "run", 4).exists() and _step(tmp_path / "run", 2).exists()
+
+
+def test_warmup_past_the_last_step_is_said(tmp_path, capsys):
+    trainer.train(_cfg(tmp_path / "run", "--train.max_steps=1", "--train.warmup_steps=3"))
+    err = capsys.readouterr().err
+    assert "train.warmup_steps=3 is not below the run's 1 optimizer steps: the learning rate rises to" in err
+
+
 def test_resume_on_other_training_rows_under_the_same_config_is_refused(tmp_path):
     """The same paths and config, but a data file changed between the crash and the resume: the run
     went on over fewer rows with a recomputed schedule, exit 0. The checkpoint's row digest refuses it."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -126,12 +127,29 @@ def test_two_ranks_equal_one_rank_with_twice_the_accumulation(tmp_path, fsdp, dt
         (["--train.lr=inf"], "'train.lr' must be a finite number"),
         (["--model.name_or_path=/no/such/model"], "/no/such/model does not exist"),
         (["--data.medqa=/no/such/file.jsonl"], "/no/such/file.jsonl"),
+        (["--lora.target_modules=q_projj,v_proj"], "lora.target_modules: ['q_projj'] match no linear layer of the model"),
+        pytest.param(["--train.device=cuda"], "train.device=cuda: local rank 0 needs a GPU, but this machine has",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(tmp_path, args, needle):
     res = _run_cli([*FAST, f"--train.output_dir={tmp_path / 'x'}", *args])
     assert res.returncode == 2
     assert needle in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_run_folder_that_is_or_holds_an_input_is_refused(tmp_path):
+    """train.output_dir set to the pack (or data) folder read it as a run, and overwrite=true deleted it."""
+    from medslm.cli import UserError
+    from medslm.trainer import train
+
+    data = tmp_path / "run" / "medqa"
+    shutil.copytree(REPO / "data" / "samples" / "medqa" / "US", data)
+    with pytest.raises(UserError, match=r"train.output_dir=.*/run/medqa is an input of this run"):
+        train(parse_config(TrainConfig, [*FAST, f"--data.medqa={data}", f"--train.output_dir={data}"]))
+    with pytest.raises(UserError, match=r"train.overwrite=true would delete .*/run/medqa, an input of this run inside"):
+        train(parse_config(TrainConfig, [*FAST, f"--data.medqa={data}", f"--train.output_dir={tmp_path / 'run'}", "--train.overwrite=true"]))
+    assert (data / "train.jsonl").is_file()
 
 
 def test_resume_with_an_incompatible_config_is_refused(tmp_path):
