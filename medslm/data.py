@@ -391,8 +391,9 @@ def medqa_item(row: RawRow) -> MCQItem:
         )
     meta = row.data.get("meta_info")
     subject = meta.strip() if isinstance(meta, str) and meta.strip() else "usmle"
+    raw_id = row.data.get("id")  # as in the 4-options-hf layout: a row's own id, else path and line
     return MCQItem(
-        id=_fallback_id("medqa", row),
+        id=f"medqa/{raw_id}" if raw_id not in (None, "") else _fallback_id("medqa", row),
         benchmark="medqa",
         language="en",
         subject=subject,

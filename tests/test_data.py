@@ -22,6 +22,8 @@ def test_medqa_jsonl_and_gbaker_layout(tmp_path):
     assert [it.answer for it in items] == [0, 1, 2, 3, 0]
     assert items[1].subject == "step1" and items[1].split == "train" and items[0].language == "en"
     assert items[0].source.endswith("train.jsonl:line 1")
+    own = write_jsonl(tmp_path / "own.jsonl", [medqa_row(0, id="usmle-17")])  # a row's own id, as in the hf layout
+    assert load_items("medqa", [own])[0].id == "medqa/usmle-17"
     hf = write_jsonl(
         tmp_path / "hf.jsonl",
         [{"id": "q7", "sent1": "Which?", "sent2": "", "ending0": "a", "ending1": "b", "ending2": "c", "ending3": "d", "label": 2}],
