@@ -128,17 +128,21 @@ def test_evaluate_out_that_is_a_file_or_a_full_disk(tmp_path, capsys, monkeypatc
 def test_compare_names_a_truncated_eval_json_and_a_full_disk(tmp_path, capsys, monkeypatch):
     import evaluate as entry
 
+    from medslm.evaluation import summarise
+
+    preds = [{"id": f"q{i}", "benchmark": "medqa", "subject": "step1", "gold": "A", "predicted": "A" if i % 2 == 0 else "B",
+              "correct": i % 2 == 0} for i in range(6)]
+    ev_doc = json.dumps({"model": {"name_or_path": "m"}, "scoring": "letter", "split": "test", "n_items": 6, "benchmarks": summarise(preds)})
     for name in ("a", "b"):
         ev = tmp_path / name
         ev.mkdir()
-        preds = [{"id": f"q{i}", "benchmark": "medqa", "subject": "step1", "gold": "A", "pred": "A", "correct": i % 2 == 0} for i in range(6)]
         (ev / "predictions.jsonl").write_text("".join(json_line(p) for p in preds))
-        (ev / "eval.json").write_text(json.dumps({"model": {"name_or_path": "m"}, "scoring": "letter", "split": "test"}))
+        (ev / "eval.json").write_text(ev_doc)
     argv = ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--resamples", "2000"]
     _truncate(tmp_path / "b" / "eval.json")  # read as 'nothing known' before: the metadata silently gone
     err = _exit_line(lambda: entry.main(entry.parse_args(argv)), capsys)
     assert err.startswith(f"error: {tmp_path / 'b' / 'eval.json'}: not valid JSON")
-    (tmp_path / "b" / "eval.json").write_text(json.dumps({"model": {"name_or_path": "m"}}))
+    (tmp_path / "b" / "eval.json").write_text(ev_doc)
     monkeypatch.setattr(files.os, "fsync", _disk_full)  # the flush of a published file meets a full disk
     err = _exit_line(lambda: entry.main(entry.parse_args(argv)), capsys)
     assert err == f"error: {tmp_path / 'a' / 'compare.json'}: no space left on device"
