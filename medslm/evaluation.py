@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -135,9 +136,10 @@ def load_for_eval(cfg: EvalConfig, run_cfg: Any = None, before_model: Callable[[
     ``before_model(tokenizer)`` runs once the tokenizer is loaded, before the model: checks that need
     only the tokenizer (lengths) fail in seconds, not after minutes of loading a 4B model."""
     from medslm.console import interactive
-    from medslm.modeling import ModelConfig, embedded_tokenizer_for, load_base_model
+    from medslm.modeling import ModelConfig, embedded_tokenizer_for, load_base_model, resolve_model_path
     from medslm.multimodal import adapter_load_kwargs, describe
     from medslm.tokenizer import load_tokenizer
+    from medslm.weights import check_adapter_loaded, check_base, fingerprint
 
     device = resolve_device(cfg.device)
     adapter = None
@@ -163,6 +165,9 @@ def load_for_eval(cfg: EvalConfig, run_cfg: Any = None, before_model: Callable[[
     if mcfg.attention in ("auto", "packed"):
         mcfg.attention = "sdpa"  # padded batches; the packed kernel is for training rows
     mcfg.validate()
+    base = fingerprint(resolve_model_path(mcfg))
+    if adapter is not None:  # the base the adapter was trained on, not whatever the path holds now
+        check_base(cfg.run, base, f"evaluate.py --run {cfg.run}")
     tokenizer = load_tokenizer(tok_src)
     if before_model is not None:
         before_model(tokenizer)
@@ -175,10 +180,16 @@ def load_for_eval(cfg: EvalConfig, run_cfg: Any = None, before_model: Callable[[
 
         with warnings.catch_warnings():  # transformers' gradient-checkpointing rename, seen by PEFT
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing.*")
-            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False, **adapter_load_kwargs(model))
+            try:
+                model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False, **adapter_load_kwargs(model))
+            except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as exc:  # a pickle adapter: refused unread
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise UserError(f"{adapter}: the adapter does not load onto {mcfg.name_or_path}: {type(exc).__name__}: {first}") from None
+        check_adapter_loaded(model, adapter)  # PEFT skips tensors whose names fit no module, with a warning
     model.eval()
     info = {
         "name_or_path": mcfg.name_or_path,
+        "base_sha256": base["sha256"],  # config and weights of the base that was loaded (medslm.weights)
         "class": describe(model),
         "quantization": mcfg.quantization,
         "compute_dtype": str(next(p for p in model.parameters() if p.is_floating_point()).dtype),

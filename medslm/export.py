@@ -37,6 +37,7 @@ from typing import Any, Literal
 import torch
 
 from medslm.cli import UserError, run_cli
+from medslm.weights import check_base, check_loaded_weights, check_local_files, fingerprint
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 WEIGHT_FILES = re.compile(r"^(model.*\.safetensors(\.index\.json)?|pytorch_model.*\.bin(\.index\.json)?|config\.json|README\.md)$")
@@ -59,7 +60,7 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
 
     run = check_run_dir(cfg.run)
     run_cfg = load_run_config(run)
-    ev = run_evaluation(run)  # before any work: a card must not publish another model's accuracy
+    ev = run_evaluation(run, run_cfg)  # before any work: a card must not publish another model's accuracy
     out = Path(cfg.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out}: already exists and is not empty; choose a new folder")
@@ -95,10 +96,16 @@ def base_model_id(run_cfg: Any) -> str:
     return resolve_model_path(run_cfg.model) if name in EMBEDDED else name
 
 
+ADAPTER_FILES = re.compile(r"adapter_config\.json|adapter_model\.safetensors|medslm_config\.yaml|tokenizer.*|special_tokens_map\.json|"
+                           r"chat_template\.(jinja|json)|added_tokens\.json|vocab\.json|merges\.txt")
+
+
 def _write_adapter(run: Path, run_cfg: Any, out: Path) -> dict[str, Any]:
     adapter = run / "adapter"
-    for f in adapter.iterdir():
-        if f.is_file() and f.name != "README.md":  # PEFT's empty template card: replaced by ours
+    if not (adapter / "adapter_model.safetensors").is_file():
+        raise UserError(f"{adapter}: no adapter_model.safetensors (a pickle adapter_model.bin is never exported)")
+    for f in adapter.iterdir():  # what PEFT and the tokenizer read, nothing else (PEFT's template card is replaced by ours)
+        if f.is_file() and ADAPTER_FILES.fullmatch(f.name):
             shutil.copy2(f, out / f.name)
     ac = json.loads((out / "adapter_config.json").read_text(encoding="utf-8"))
     ac["base_model_name_or_path"] = base_model_id(run_cfg)
@@ -167,11 +174,14 @@ def merged_model(run: Path, run_cfg: Any, base_path: str, dtype: torch.dtype) ->
     cls = getattr(transformers, arch, None) or transformers.AutoModelForCausalLM
     # quantised from the dtype training loaded it in (as evaluate.py does on this machine)
     load_dtype = compute_dtype(run_cfg.model, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    check_local_files(base_path)
     try:
-        model = cls.from_pretrained(base_path, dtype=load_dtype, use_safetensors=True, device_map={"": "cpu"},
-                                    trust_remote_code=run_cfg.model.trust_remote_code)
-    except OSError as exc:
-        raise UserError(f"cannot load the base model {base_path!r}: {exc}") from None
+        model, info = cls.from_pretrained(base_path, dtype=load_dtype, use_safetensors=True, device_map={"": "cpu"},
+                                          trust_remote_code=run_cfg.model.trust_remote_code, output_loading_info=True)
+    except (OSError, RuntimeError, ValueError, AssertionError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load the base model {base_path!r}: {first}") from None
+    check_loaded_weights(model, info, base_path)  # a weight at random init would be merged and published
     decoder = model.get_decoder()
     with torch.no_grad():
         if run_cfg.model.quantization == "nf4":  # what bitsandbytes quantised at load: the decoder's linear layers
@@ -202,6 +212,7 @@ def _write_merged(run: Path, run_cfg: Any, cfg: ExportConfig, out: Path) -> dict
     base_path = cfg.base or resolve_model_path(run_cfg.model)
     if cfg.base and not (Path(cfg.base) / "config.json").is_file():
         raise UserError(f"--base {cfg.base}: no config.json there")
+    check_base(run, fingerprint(base_path), "--base" if cfg.base else "--merge")  # another copy is fine, another model is not
     model = merged_model(run, run_cfg, base_path, DTYPES[cfg.dtype])
     model.save_pretrained(out, safe_serialization=True)
     base_dir = Path(base_path)
@@ -242,7 +253,7 @@ def _read_json(path: Path, hint: str) -> Any:
     return read_json(path, hint) if path.is_file() else None
 
 
-def run_evaluation(run: Path) -> dict[str, Any] | None:
+def run_evaluation(run: Path, run_cfg: Any) -> dict[str, Any] | None:
     """``RUN/eval/eval.json`` when it is this run's adapter evaluated (None when there is none).
 
     Its counts must be its ``predictions.jsonl``'s, and ``model.run`` must be this run: an
@@ -262,6 +273,11 @@ def run_evaluation(run: Path) -> dict[str, Any] | None:
         what = f"the model {model.get('name_or_path')!r} without this run's adapter" if isinstance(model, dict) else "an unknown model"
         raise UserError(f"{path}: field 'model.run' is {evaluated!r}: it evaluated {what}, so its accuracy is not this adapter's; "
                         f"rerun `python evaluate.py --run {run}` and export again")
+    trained = {"quantization": run_cfg.model.quantization, "name_or_path": run_cfg.model.name_or_path}
+    for key, value in trained.items():  # a card says "as trained": an evaluation under other settings is not that
+        if model.get(key, value) != value:
+            raise UserError(f"{path}: field 'model.{key}' is {model.get(key)!r}, but the run trained with {value!r}: its accuracy "
+                            f"is not the adapter as trained; rerun `python evaluate.py --run {run}` and export again")
     if Path(evaluated).resolve() != run.resolve():
         raise UserError(f"{path}: field 'model.run' is {evaluated!r}, not this run ({run.resolve()}): its accuracy is another run's "
                         f"(or this one before it was moved); rerun `python evaluate.py --run {run}` and export again")

@@ -28,6 +28,7 @@ import torch
 from medslm import files
 from medslm.cli import UserError
 from medslm.config import ConfigError
+from medslm.weights import check_loaded_weights, check_local_files
 
 MODELS_DIR = Path(__file__).resolve().parent / "assets" / "models"
 EMBEDDED = {"embedded": "tiny-llama", "embedded:tiny-llama": "tiny-llama", "embedded:tiny-gemma3": "tiny-gemma3"}
@@ -220,11 +221,12 @@ def load_base_model(cfg: ModelConfig, device: torch.device, packed: bool = True,
     except (OSError, ValueError) as exc:
         raise UserError(f"model.name_or_path: cannot read the config of {path!r}: {exc}") from None
     layout = multimodal.CAUSAL
+    check_local_files(path)  # a truncated shard is named before transformers reads it
+    kwargs["output_loading_info"] = True  # missing or reshaped weights are checked below, not left at random init
     if multimodal.is_multimodal(config):
         layout = multimodal.shipped_layout(config, cfg.text_only)
         if cfg.text_only:
             kwargs.update(multimodal.text_only_kwargs(config, path))
-            kwargs["output_loading_info"] = True
         else:  # the vision tower is never run on text: keep it out of the packed-attention path
             kwargs["attn_implementation"] = {"text_config": attn, "vision_config": "sdpa", "": "sdpa"}
     if cfg.quantization == "nf4":
@@ -241,12 +243,15 @@ def load_base_model(cfg: ModelConfig, device: torch.device, packed: bool = True,
     with warnings.catch_warnings(), quiet_hf_progress(not progress), _quiet_load_report(layout.kind == "text_only"):
         warnings.filterwarnings("ignore", message=".*is deprecated.*", category=FutureWarning)
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        except OSError as exc:
-            raise UserError(f"model.name_or_path: cannot load {path!r}: {exc}") from None
+            model, info = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except (OSError, RuntimeError, ValueError, AssertionError) as exc:  # a checkpoint that does not fit its config
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"model.name_or_path: cannot load {path!r}: {first}") from None
     if layout.kind == "text_only":
-        model, info = model
         multimodal.check_text_weights_loaded(info, path)
+    check_loaded_weights(model, info, path)
     model.medslm_layout = layout
     model.config.use_cache = False
     model.config.get_text_config().use_cache = False  # a multimodal config keeps its own in text_config

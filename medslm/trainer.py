@@ -37,7 +37,7 @@ from medslm.config import save_config, to_dict
 from medslm.dataset import build_dataset, read_pack, rows_of, save_run_data, training_rows_id
 from medslm.files import writing
 from medslm.metrics import MetricsLogger, PeakMemory
-from medslm.modeling import AdapterPrecision, apply_lora, decoder_layers, embedded_tokenizer_for, load_base_model
+from medslm.modeling import AdapterPrecision, apply_lora, decoder_layers, embedded_tokenizer_for, load_base_model, resolve_model_path
 from medslm.multimodal import rename_saved_adapter
 from medslm.numerics import check_adapter, check_step, check_validation
 from medslm.optimizer import StepNumbers, StepReadback, build_adamw
@@ -48,6 +48,7 @@ from medslm.run_dir import open_run_dir
 from medslm.tokenizer import load_tokenizer, pad_token_id, tokenizer_fingerprint
 from medslm.train_config import TrainConfig
 from medslm.transfer import to_device
+from medslm.weights import check_base, fingerprint, record_base
 
 Row = list[dict[str, list[int]]]
 
@@ -210,7 +211,12 @@ def train(cfg: TrainConfig, keep_model: bool = False) -> dict[str, Any]:
         inputs = [cfg.data.packed, cfg.model.name_or_path, cfg.data.tokenizer, *cfg.data.medqa, *cfg.data.kormedmcqa]
         lock = open_run_dir(cfg.train, dist, [str(p) for p in inputs if p])  # before any data or model is loaded
         ckpt = find_checkpoint(cfg.train.resume, cfg.train.output_dir, notice=print if dist.is_main else lambda _: None)
+        base = fingerprint(resolve_model_path(cfg.model))  # the base this run trains on, recorded for evaluate/export
+        if ckpt is not None:  # the checkpoint's run folder: resume=PATH may point at another one
+            check_base(ckpt.path.parent.parent, base, "train.resume")
         with writing(cfg.train.output_dir, disk_full_only=True):  # a full disk is named, whatever wrote
+            if dist.is_main:
+                record_base(cfg.train.output_dir, base)
             return _run(cfg, dist, keep_model, ckpt)
     except torch.cuda.OutOfMemoryError:
         raise UserError(

@@ -76,6 +76,7 @@ def test_adapter_export_is_a_clean_peft_folder_with_a_filled_card(tmp_path):
           "scoring": "letter", "split": "test", "n_items": 10, "benchmarks": summarise(preds)}
     # an evaluation of the base model, or of another run, is not this adapter's accuracy
     for model, want in (({"name_or_path": "embedded", "run": None, "adapter": None}, "field 'model.run' is None: it evaluated the model 'embedded' without"),
+                        ({**ev["model"], "quantization": "none"}, f"field 'model.quantization' is 'none', but the run trained with {cfg.model.quantization!r}"),
                         ({"name_or_path": "embedded", "run": str(tmp_path / "other"), "adapter": str(tmp_path / "other" / "adapter")},
                          f"field 'model.run' is '{tmp_path / 'other'}', not this run")):
         (run / "eval" / "eval.json").write_text(json.dumps(ev | {"model": model}))
@@ -83,6 +84,7 @@ def test_adapter_export_is_a_clean_peft_folder_with_a_filled_card(tmp_path):
         assert res.returncode == 2 and f"{run / 'eval' / 'eval.json'}: {want}" in res.stderr and "Traceback" not in res.stderr, res.stderr
         assert not (tmp_path / "wrong").exists()
     (run / "eval" / "eval.json").write_text(json.dumps(ev))
+    (run / "adapter" / "extra.pkl").write_bytes(b"not for publishing")  # only what PEFT and the tokenizer read is exported
     out = tmp_path / "export"
     res = _export("--run", str(run), "--out", str(out))
     assert res.returncode == 0, res.stderr
