@@ -158,7 +158,16 @@ class PlanSettings:
 
 def settings_from_config(cfg: Any, world_size: int = 1) -> PlanSettings:
     """:class:`PlanSettings` for a TrainConfig (compute dtype ``auto`` means a GPU: bf16)."""
+    from medslm.config import ConfigError
+
+    if not cfg.lora.enabled:  # it counts LoRA's gradients and AdamW state; a full fine-tune has them for every weight
+        raise ConfigError("--estimate-memory plans LoRA / QLoRA training only; lora.enabled=false (full fine-tuning) is not "
+                          "planned: gradients and AdamW state for every weight would be missing from its numbers")
     targets = list(cfg.lora.target_modules)
+    unknown = [t for t in targets if t != "all-linear" and t not in ALL_LINEAR]
+    if unknown:  # a target the planner does not model would silently count no adapter there
+        raise ConfigError(f"--estimate-memory: lora.target_modules {unknown} are not decoder linear layers it models "
+                          f"({', '.join(ALL_LINEAR)}, or all-linear)")
     return PlanSettings(
         micro_batch_size=cfg.train.micro_batch_size,
         seq_len=cfg.data.max_seq_len,
@@ -284,7 +293,10 @@ def plan(shape: ModelShape, s: PlanSettings) -> dict[str, Any]:
     without_ckpt = t * h * 4 + rope + shape.num_hidden_layers * per_layer + backward  # every layer keeps its saved tensors
     activations = with_ckpt if s.gradient_checkpointing else without_ckpt
     state = sum(base.values()) + lora_b + grads + adam
-    peak = state + autocast_copies + batch + max(activations, layer_inputs + rope + logits)
+    # with checkpointing the logits meet only the layer inputs (a layer's recompute comes after the
+    # loss); without, every layer's saved tensors are alive when the logits are made
+    peak = state + autocast_copies + batch + (max(activations, layer_inputs + rope + logits) if s.gradient_checkpointing
+                                              else activations + logits)
     overhead = CUDA_CONTEXT_GB * GB + ALLOCATOR_RESERVE * peak
     return {
         "base_weights": base,

@@ -109,7 +109,12 @@ class ReproduceConfig:
         for a in self.train_args:
             if not (a.startswith("--") and "." in a.split("=", 1)[0] and "=" in a):
                 raise ConfigError(f"{a}: training overrides are --section.key=value")
+        if not str(self.out).strip():
+            raise ConfigError("--out is empty: name the folder the reproduction writes to")
         parse_config(TrainConfig, self.common_args())  # every override is checked before anything runs
+        from medslm.sweep import build_trials
+
+        build_trials(sweep_config(self, Path(self.out)))  # the sweep's options (--ratios) too, not after hours of Table 5
 
 
 def parse_args(argv: list[str]) -> ReproduceConfig:
@@ -150,8 +155,10 @@ def pack_step(cfg: ReproduceConfig, out: Path) -> dict[str, Any]:
     tc = parse_config(TrainConfig, [*cfg.common_args(), "--data.ratio=5:5", "--data.packing=true"])
     data = tc.data
     data.tokenizer = data.tokenizer or embedded_tokenizer_for(tc.model)
-    pcfg = pack_entry.PackConfig(data=data, out=str(out / "pack"),
-                                 global_batch_rows=tc.train.micro_batch_size * tc.train.grad_accum * cfg.processes())
+    n = cfg.processes()
+    pcfg = pack_entry.PackConfig(data=data, out=str(out / "pack"), global_batch_rows=tc.train.micro_batch_size * tc.train.grad_accum * n,
+                                 batch_source=f"the training config: micro_batch_size {tc.train.micro_batch_size} x grad_accum "
+                                              f"{tc.train.grad_accum} x {n} process(es)")
     report = _read_json(out / "pack" / "packing_report.json")
     if report is not None and report.get("config") == json.loads(json.dumps(to_dict(pcfg))):
         print(f"pack: done earlier ({out / 'pack'})")
@@ -217,19 +224,24 @@ def train_row(cfg: ReproduceConfig, row: Row, out: Path, eval_key: dict[str, Any
 
 def sweep_step(cfg: ReproduceConfig, out: Path) -> list[dict[str, Any]]:
     """The ratio sweep + decision report; trials use the FSDP rows' global batch on one process each."""
-    from medslm.sweep import PAPER_RATIOS, SweepConfig, run_sweep
+    from medslm.sweep import run_sweep
 
+    return run_sweep(sweep_config(cfg, out))
+
+
+def sweep_config(cfg: ReproduceConfig, out: Path) -> Any:
+    """The ratio sweep this reproduction runs (checked by :meth:`ReproduceConfig.validate` first)."""
     import torch
+
+    from medslm.sweep import PAPER_RATIOS, SweepConfig
 
     n = cfg.processes()
     base = parse_config(TrainConfig, cfg.common_args())
     accum = [f"--train.grad_accum={base.train.grad_accum * n}"] if n > 1 else []
     args = [a for a in cfg.common_args()[2:]]  # without --config FILE
     ratios = cfg.ratios or (["5:5", "10:3"] if cfg.smoke else list(PAPER_RATIOS))
-    scfg = SweepConfig(kind="ratios", config=cfg.config_file(), ratios=ratios, out=str(out / "sweep"),
+    return SweepConfig(kind="ratios", config=cfg.config_file(), ratios=ratios, out=str(out / "sweep"),
                        gpus_per_trial=1.0 if torch.cuda.is_available() else 0.0, train_args=[*args, *accum])
-    scfg.validate()
-    return run_sweep(scfg)
 
 
 def fig2_step(records: list[dict[str, Any]], out: Path) -> dict[str, Any] | None:

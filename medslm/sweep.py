@@ -68,8 +68,12 @@ class SweepConfig:
             raise ConfigError(f"sweep kind must be grid or ratios, got {self.kind!r}")
         if not self.cpus_per_trial > 0:
             raise ConfigError(f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}")
-        if self.gpus_per_trial < 0:
-            raise ConfigError(f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}")
+        if not self.gpus_per_trial >= 0:  # nan too: Ray would wait forever for "nan GPUs"
+            raise ConfigError(f"--gpus-per-trial must be a number >= 0, got {self.gpus_per_trial}")
+        if self.address is not None and not self.address.strip():
+            raise ConfigError("--address is empty (an unset variable?): give a Ray address, or leave the option out for a local Ray")
+        if not str(self.out).strip():
+            raise ConfigError("--out is empty: name the folder the sweep writes to")
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
             raise ConfigError(f"--retries must be an integer >= 0, got {self.retries!r}")
         if self.gpus_per_trial > 1 and not float(self.gpus_per_trial).is_integer():
@@ -89,7 +93,10 @@ class SweepConfig:
             if not self.ratios:
                 raise ConfigError("--ratios: give at least one EN:KO ratio")
             for r in self.ratios:
-                parse_ratio(r)
+                try:
+                    parse_ratio(r)
+                except ConfigError as exc:
+                    raise ConfigError(f"--ratios: {exc}") from None
             _no_duplicates("--ratios", [parse_ratio(r) for r in self.ratios])
             self.report.validate(self.ratios)
         for arg in self.train_args:
@@ -212,14 +219,20 @@ def base_train_config(cfg: SweepConfig) -> TrainConfig:
     return parse_config(TrainConfig, ["--config", cfg.config, *cfg.train_args])
 
 
-def trial_train_config(base: dict[str, Any], params: dict[str, Any], out: str | Path) -> TrainConfig:
+def trial_train_config(base: dict[str, Any], params: dict[str, Any], out: str | Path, world_size: int = 1) -> TrainConfig:
     """The base config (a ``to_dict`` tree) + this trial's values, its own output_dir, and
     ``train.resume=auto``: a rerun continues from the trial's newest checkpoint. Progress follows
-    the base config: a Ray worker's stdout is not a terminal, so it is plain lines in its log."""
+    the base config: a Ray worker's stdout is not a terminal, so it is plain lines in its log.
+    ``world_size`` (the trial's processes) is recorded: it sets the global batch, so a rerun with
+    another --procs-per-trial is another config, never a reuse of trials trained at another batch."""
     tc = TrainConfig()
     apply_mapping(tc, base, "sweep base config")
     name = trial_name(params)
-    tree: dict[str, Any] = {"train": {"output_dir": str(Path(out).resolve() / name), "resume": "auto"}}
+    if tc.distributed.world_size not in (None, world_size):
+        raise ConfigError(f"distributed.world_size={tc.distributed.world_size} but a trial runs {world_size} process(es) "
+                          "(--procs-per-trial / --gpus-per-trial): set them alike, or leave distributed.world_size out")
+    tree: dict[str, Any] = {"train": {"output_dir": str(Path(out).resolve() / name), "resume": "auto"},
+                            "distributed": {"world_size": world_size}}
     if "reference" in params:
         pass  # the base model, evaluated on the same items; nothing of the config is swept
     elif "ratio" in params:
@@ -235,13 +248,15 @@ def build_trials(cfg: SweepConfig) -> list[tuple[str, dict[str, Any], TrainConfi
     """(name, params, TrainConfig) for every trial; all validation happens here, before Ray."""
     cfg.validate()
     base_cfg = base_train_config(cfg)
+    if cfg.kind == "grid" and not base_cfg.lora.enabled:  # every trial would be the same full fine-tune, labelled r x alpha
+        raise ConfigError("lora.enabled=false: a rank x alpha grid needs LoRA; full fine-tuning has no rank or alpha to sweep")
     if cfg.kind == "ratios" and base_cfg.data.packed:
         raise ConfigError(
             f"data.packed={base_cfg.data.packed} fixes the EN:KO mix, so every trial would train on it; "
             "a ratio sweep builds each trial's mix from data.medqa and data.kormedmcqa"
         )
     base = to_dict(base_cfg)
-    return [(trial_name(p), p, trial_train_config(base, p, cfg.out)) for p in trial_params(cfg)]
+    return [(trial_name(p), p, trial_train_config(base, p, cfg.out, procs_per_trial(cfg))) for p in trial_params(cfg)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,7 +310,7 @@ def run_trial(base: dict[str, Any], params: dict[str, Any], out: str, threads: i
     for k in TORCHRUN_ENV:
         os.environ.pop(k, None)
     torch.set_num_threads(max(1, threads))
-    tc = trial_train_config(base, params, out)
+    tc = trial_train_config(base, params, out, procs)
     run_dir = Path(tc.train.output_dir)
     reference = "reference" in params
     key = T.config_key(tc, reference=reference)

@@ -96,7 +96,15 @@ def plan(name: str, tc: Any, eval_key: dict[str, Any], reference: bool = False) 
         from medslm.checkpoint import latest_checkpoint
 
         return "resume" if latest_checkpoint(run_dir) is not None else "new"
-    diff = config_diff(doc["config"], config_key(tc, reference))
+    saved = doc["config"]
+    dist_saved = saved.get("distributed") if isinstance(saved.get("distributed"), dict) else None
+    if not reference and dist_saved is not None and dist_saved.get("world_size") is None:
+        # trials from before the world size was part of the key: the one their run recorded
+        from medslm.config import load_yaml
+
+        recorded = (load_yaml(run_dir / "config.yaml").get("distributed") or {}).get("world_size") if (run_dir / "config.yaml").is_file() else None
+        saved = {**saved, "distributed": {**dist_saved, "world_size": recorded if recorded is not None else tc.distributed.world_size}}
+    diff = config_diff(saved, config_key(tc, reference))
     if diff:
         raise ConfigError(
             f"{run_dir} holds trial {name} made with another config ({'; '.join(diff[:3])}"

@@ -52,6 +52,9 @@ def test_sweep_options_for_retries_reference_weights_and_report(tmp_path):
         ("ratios", ["--weights-legal", "medqa=0"], "positive"),
         ("ratios", ["--weights-legal", "german=1"], "METRIC=WEIGHT"),
         ("ratios", ["--weights-other", "medqa=1"], "unknown option"),
+        ("grid", ["--gpus-per-trial", "nan"], "--gpus-per-trial must be a number >= 0, got nan"),  # Ray waited forever for nan GPUs
+        ("grid", ["--address", ""], "--address is empty"),  # an unset variable started a local Ray treated as remote
+        ("ratios", ["--ratios", "5:5,abc"], "--ratios: ratio must look like EN:KO"),
         ("grid", ["--reference", "base"], "ratio sweep"),
         ("grid", ["--report-only"], "ratio sweep"),
     ],
@@ -68,6 +71,35 @@ def test_bad_sweep_options_are_one_line_errors(tmp_path, kind, argv, match):
 
 def _ratio_trials(tmp_path, *extra):
     return build_trials(parse_sweep_args("ratios", ["--ratios", "5:5,10:3", "--out", str(tmp_path), *FAST, *extra], "x"))
+
+
+def test_a_sweep_that_could_only_mislabel_its_trials_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="lora.enabled=false: a rank x alpha grid needs LoRA"):
+        build_trials(parse_sweep_args("grid", ["--ranks", "4,8", "--alphas", "16", "--out", str(tmp_path), *FAST,
+                                               "--lora.enabled=false", "--model.quantization=none"], "x"))
+    with pytest.raises(ConfigError, match="--out is empty"):
+        parse_sweep_args("grid", ["--out", ""], "x")
+
+
+def test_a_rerun_with_other_processes_per_trial_is_another_config(tmp_path):
+    """The trial key held no world size: a rerun with --procs-per-trial 2 reused trials trained at
+    half the global batch as 'finished earlier'."""
+    (name, _, one) = _ratio_trials(tmp_path)[1]
+    (_, _, two) = _ratio_trials(tmp_path, "--procs-per-trial", "2")[1]
+    assert one.distributed.world_size == 1 and two.distributed.world_size == 2
+    key = {"domain_rules_sha256": "abc"}
+    T.write_trial(one.train.output_dir, {"stage": "done", "config": T.config_key(one), "eval_key": key})
+    assert T.plan(name, one, key) == "done"
+    with pytest.raises(ConfigError, match=r"distributed.world_size: 1 then, 2 now"):
+        T.plan(name, two, key)
+    # a trial.json from before the key held it: the world size its run recorded in config.yaml
+    old = T.config_key(one)
+    old["distributed"]["world_size"] = None
+    T.write_trial(one.train.output_dir, {"stage": "done", "config": old, "eval_key": key})
+    (Path(one.train.output_dir) / "config.yaml").write_text("distributed:\n  world_size: 1\n")
+    assert T.plan(name, one, key) == "done"
+    with pytest.raises(ConfigError, match=r"distributed.world_size: 1 then, 2 now"):
+        T.plan(name, two, key)
 
 
 def test_plan_skips_done_reevaluates_and_refuses_another_config(tmp_path):

@@ -37,6 +37,11 @@ def test_options_and_the_launch_script(tmp_path):
         R.parse_args(["--smoke", "--train.nosuch=1"])
     with pytest.raises(ConfigError, match="--section.key=value"):
         R.parse_args(["--smoke", "--frobnicate"])
+    # the sweep's options are checked with the rest, not after pack and five Table 5 trainings
+    for argv, match in ((["--ratios", "5:5,abc"], "--ratios: ratio must look like EN:KO"), (["--ratios", "5:5,5:5"], "given twice"),
+                        (["--data.ratio=1:1"], "data.ratio is what this sweep varies"), (["--out", ""], "--out is empty")):
+        with pytest.raises(ConfigError, match=match):
+            R.parse_args(["--smoke", *argv])
     res = subprocess.run(["bash", "launch/reproduce_paper.sh", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120,
                          env={"PATH": f"{Path(__import__('sys').executable).parent}:/usr/bin:/bin"})
     assert res.returncode == 0 and "--smoke" in res.stdout and "REPORT.md" in res.stdout
