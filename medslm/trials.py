@@ -98,7 +98,7 @@ def plan(name: str, tc: Any, eval_key: dict[str, Any], reference: bool = False) 
         return "resume" if latest_checkpoint(run_dir) is not None else "new"
     saved = doc["config"]
     dist_saved = saved.get("distributed") if isinstance(saved.get("distributed"), dict) else None
-    if not reference and dist_saved is not None and dist_saved.get("world_size") is None:
+    if not reference and dist_saved is not None and dist_saved.get("world_size") is None and tc.distributed.world_size is not None:
         # trials from before the world size was part of the key: the one their run recorded
         from medslm.config import load_yaml
 
