@@ -49,8 +49,8 @@ def init_distributed(device: str = "auto") -> DistState:
 
         have = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no usable CUDA (torch " \
             f"{torch.__version__}, built {'without CUDA' if torch.version.cuda is None else 'with CUDA ' + torch.version.cuda})"
-        raise UserError(f"train.device=cuda: local rank {local_rank} needs a GPU, but this machine has {have}; "
-                        "use train.device=auto or cpu, or fewer ranks per node")
+        fix = "use train.device=auto or cpu, or fewer ranks per node" if device == "cuda" else "launch at most one rank per GPU, or set train.device=cpu"
+        raise UserError(f"train.device={device}: local rank {local_rank} needs a GPU, but this machine has {have}; {fix}")
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)

@@ -139,7 +139,7 @@ def load_for_eval(cfg: EvalConfig, run_cfg: Any = None, before_model: Callable[[
     from medslm.modeling import ModelConfig, embedded_tokenizer_for, load_base_model, resolve_model_path
     from medslm.multimodal import adapter_load_kwargs, describe
     from medslm.tokenizer import load_tokenizer
-    from medslm.weights import check_adapter_loaded, check_base, fingerprint
+    from medslm.weights import check_adapter_loaded, check_base, file_sha256, fingerprint
 
     device = resolve_device(cfg.device)
     adapter = None
@@ -172,6 +172,10 @@ def load_for_eval(cfg: EvalConfig, run_cfg: Any = None, before_model: Callable[[
     if before_model is not None:
         before_model(tokenizer)
     model = load_base_model(mcfg, device, packed=False, progress=cfg.progress and interactive())
+    if base["sha256"] is None:  # a hub id the load has just downloaded: compare it now
+        base = fingerprint(resolve_model_path(mcfg))
+        if adapter is not None:
+            check_base(cfg.run, base, f"evaluate.py --run {cfg.run}")
     vocab = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > vocab:
         raise UserError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has {vocab}")
@@ -189,12 +193,16 @@ def load_for_eval(cfg: EvalConfig, run_cfg: Any = None, before_model: Callable[[
     model.eval()
     info = {
         "name_or_path": mcfg.name_or_path,
+        # the base model: a full fine-tune loads RUN/model, but it was made from this one
+        "base": run_cfg.model.name_or_path if cfg.run is not None else mcfg.name_or_path,
         "base_sha256": base["sha256"],  # config and weights of the base that was loaded (medslm.weights)
         "class": describe(model),
         "quantization": mcfg.quantization,
         "compute_dtype": str(next(p for p in model.parameters() if p.is_floating_point()).dtype),
         "run": str(Path(cfg.run).resolve()) if cfg.run else None,
         "adapter": str(adapter.resolve()) if adapter else None,
+        # what the adapter holds, so an export of a moved run folder still knows this evaluation is its own
+        "adapter_sha256": file_sha256(adapter / "adapter_model.safetensors") if adapter else None,
         "device": str(device),
     }
     return model, tokenizer, info

@@ -37,7 +37,7 @@ from typing import Any, Literal
 import torch
 
 from medslm.cli import UserError, run_cli
-from medslm.weights import check_base, check_loaded_weights, check_local_files, fingerprint
+from medslm.weights import check_base, check_loaded_weights, check_local_files, file_sha256, fingerprint
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 WEIGHT_FILES = re.compile(r"^(model.*\.safetensors(\.index\.json)?|pytorch_model.*\.bin(\.index\.json)?|config\.json|README\.md)$")
@@ -212,8 +212,12 @@ def _write_merged(run: Path, run_cfg: Any, cfg: ExportConfig, out: Path) -> dict
     base_path = cfg.base or resolve_model_path(run_cfg.model)
     if cfg.base and not (Path(cfg.base) / "config.json").is_file():
         raise UserError(f"--base {cfg.base}: no config.json there")
-    check_base(run, fingerprint(base_path), "--base" if cfg.base else "--merge")  # another copy is fine, another model is not
+    what = "--base" if cfg.base else "--merge"
+    base = fingerprint(base_path)
+    check_base(run, base, what)  # another copy is fine, another model is not
     model = merged_model(run, run_cfg, base_path, DTYPES[cfg.dtype])
+    if base["sha256"] is None:  # a hub id the load has just downloaded
+        check_base(run, fingerprint(resolve_model_path(run_cfg.model)), what)
     model.save_pretrained(out, safe_serialization=True)
     base_dir = Path(base_path)
     if not base_dir.is_dir():  # a hub id: its small files (from the HF cache, or fetched)
@@ -278,7 +282,13 @@ def run_evaluation(run: Path, run_cfg: Any) -> dict[str, Any] | None:
         if model.get(key, value) != value:
             raise UserError(f"{path}: field 'model.{key}' is {model.get(key)!r}, but the run trained with {value!r}: its accuracy "
                             f"is not the adapter as trained; rerun `python evaluate.py --run {run}` and export again")
-    if Path(evaluated).resolve() != run.resolve():
+    recorded = model.get("adapter_sha256")  # what the evaluated adapter held: a moved run folder still matches
+    if recorded:
+        adapter_file = run / "adapter" / "adapter_model.safetensors"
+        if not adapter_file.is_file() or file_sha256(adapter_file) != recorded:
+            raise UserError(f"{path}: field 'model.adapter_sha256' is {recorded[:12]}..., not this run's adapter ({adapter_file}): its "
+                            f"accuracy is another adapter's; rerun `python evaluate.py --run {run}` and export again")
+    elif Path(evaluated).resolve() != run.resolve():
         raise UserError(f"{path}: field 'model.run' is {evaluated!r}, not this run ({run.resolve()}): its accuracy is another run's "
                         f"(or this one before it was moved); rerun `python evaluate.py --run {run}` and export again")
     return ev

@@ -151,10 +151,12 @@ def read_eval_dir(eval_dir: str | Path) -> tuple[dict[str, Any], dict[str, dict[
 # What two evaluations must share for their accuracies to be compared (model.* differ by design
 # between a base model and its fine-tunes only in run/adapter).
 SETTINGS = ("scoring", "split", "template", "overlong.policy", "overlong.max_seq_len", "domain_rules.sha256",
-            "model.name_or_path", "model.quantization", "model.compute_dtype")
+            "model.base", "model.quantization", "model.compute_dtype")
 
 
 def eval_setting(ev: dict[str, Any], dotted: str) -> Any:
+    if dotted == "model.base" and not (isinstance(ev.get("model"), dict) and "base" in ev["model"]):
+        dotted = "model.name_or_path"  # eval.json from before model.base was recorded
     cur: Any = ev
     for part in dotted.split("."):
         cur = cur.get(part) if isinstance(cur, dict) else None

@@ -316,7 +316,7 @@ def run_trial(base: dict[str, Any], params: dict[str, Any], out: str, threads: i
     key = T.config_key(tc, reference=reference)
     eval_key = T.eval_key(load_rules(domain_rules))
     doc = T.read_trial(run_dir)
-    doc = doc if doc is not None and doc["config"] == key else None
+    doc = doc if doc is not None and T.saved_key(doc, tc, reference) == key else None
     state: dict[str, Any] = {"trial": trial_name(params), "params": params, "config": key, "eval_key": eval_key,
                              "starts": (doc or {}).get("starts", [])}
     state["starts"].append({"at": T.now_iso(), "resume_from_step": None if reference else _step_of(latest_checkpoint(run_dir))})
@@ -442,7 +442,8 @@ def collect(trials: list[tuple[str, dict[str, Any], TrainConfig]], result_grid: 
         res = by_name.get(name)
         rec: dict[str, Any] = {"trial": name, "params": params, "run_dir": str(run_dir), "metrics": {}}
         doc = T.read_trial(run_dir)
-        done = (doc is not None and doc["stage"] == "done" and doc["config"] == T.config_key(tc, reference="reference" in params)
+        done = (doc is not None and doc["stage"] == "done"
+                and T.saved_key(doc, tc, "reference" in params) == T.config_key(tc, reference="reference" in params)
                 and (eval_key is None or doc.get("eval_key") == eval_key))
         metrics = dict(res.metrics or {}) if res is not None else {}
         if done:

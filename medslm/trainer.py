@@ -211,12 +211,7 @@ def train(cfg: TrainConfig, keep_model: bool = False) -> dict[str, Any]:
         inputs = [cfg.data.packed, cfg.model.name_or_path, cfg.data.tokenizer, *cfg.data.medqa, *cfg.data.kormedmcqa]
         lock = open_run_dir(cfg.train, dist, [str(p) for p in inputs if p])  # before any data or model is loaded
         ckpt = find_checkpoint(cfg.train.resume, cfg.train.output_dir, notice=print if dist.is_main else lambda _: None)
-        base = fingerprint(resolve_model_path(cfg.model))  # the base this run trains on, recorded for evaluate/export
-        if ckpt is not None:  # the checkpoint's run folder: resume=PATH may point at another one
-            check_base(ckpt.path.parent.parent, base, "train.resume")
         with writing(cfg.train.output_dir, disk_full_only=True):  # a full disk is named, whatever wrote
-            if dist.is_main:
-                record_base(cfg.train.output_dir, base)
             return _run(cfg, dist, keep_model, ckpt)
     except torch.cuda.OutOfMemoryError:
         raise UserError(
@@ -243,6 +238,12 @@ def _run(cfg: TrainConfig, dist: D.DistState, keep_model: bool, ckpt: Checkpoint
         )
     cfg.distributed.world_size = dist.world_size  # config.yaml records it
     s = build(cfg, dist)
+    # the base this run trains on, for evaluate/export/resume: after the load, so a hub id is cached by now
+    base = fingerprint(resolve_model_path(cfg.model))
+    if ckpt is not None:  # the checkpoint's run folder: resume=PATH may point at another one
+        check_base(ckpt.path.resolve().parent.parent, base, "train.resume")
+    if dist.is_main:
+        record_base(out, base)
     model = s.model
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_adamw(params, t_cfg, dist.device)

@@ -86,6 +86,20 @@ def now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def saved_key(doc: dict[str, Any], tc: Any, reference: bool = False) -> dict[str, Any]:
+    """The config key a trial.json holds, as it compares with :func:`config_key` today: a trial from
+    before the world size was part of the key gets the one its run recorded in config.yaml."""
+    saved = doc["config"]
+    dist_saved = saved.get("distributed") if isinstance(saved.get("distributed"), dict) else None
+    if reference or dist_saved is None or dist_saved.get("world_size") is not None or tc.distributed.world_size is None:
+        return saved
+    from medslm.config import load_yaml
+
+    cfg_file = Path(tc.train.output_dir) / "config.yaml"
+    recorded = (load_yaml(cfg_file).get("distributed") or {}).get("world_size") if cfg_file.is_file() else None
+    return {**saved, "distributed": {**dist_saved, "world_size": recorded if recorded is not None else tc.distributed.world_size}}
+
+
 def plan(name: str, tc: Any, eval_key: dict[str, Any], reference: bool = False) -> str:
     """``done`` (skip), ``evaluate`` (trained: evaluate only), ``resume`` or ``new`` for one planned trial.
 
@@ -96,15 +110,7 @@ def plan(name: str, tc: Any, eval_key: dict[str, Any], reference: bool = False) 
         from medslm.checkpoint import latest_checkpoint
 
         return "resume" if latest_checkpoint(run_dir) is not None else "new"
-    saved = doc["config"]
-    dist_saved = saved.get("distributed") if isinstance(saved.get("distributed"), dict) else None
-    if not reference and dist_saved is not None and dist_saved.get("world_size") is None and tc.distributed.world_size is not None:
-        # trials from before the world size was part of the key: the one their run recorded
-        from medslm.config import load_yaml
-
-        recorded = (load_yaml(run_dir / "config.yaml").get("distributed") or {}).get("world_size") if (run_dir / "config.yaml").is_file() else None
-        saved = {**saved, "distributed": {**dist_saved, "world_size": recorded if recorded is not None else tc.distributed.world_size}}
-    diff = config_diff(saved, config_key(tc, reference))
+    diff = config_diff(saved_key(doc, tc, reference), config_key(tc, reference))
     if diff:
         raise ConfigError(
             f"{run_dir} holds trial {name} made with another config ({'; '.join(diff[:3])}"
@@ -137,4 +143,4 @@ def measured(run_dir: str | Path) -> dict[str, Any]:
     }
 
 
-__all__ = ["TRIAL_FILE", "config_diff", "config_key", "eval_key", "measured", "now_iso", "plan", "read_trial", "write_trial"]
+__all__ = ["TRIAL_FILE", "config_diff", "config_key", "eval_key", "measured", "now_iso", "plan", "read_trial", "saved_key", "write_trial"]

@@ -13,7 +13,8 @@ match no module, each with at most a log line. Here each of those is one error l
   file is in the model (a renamed or partial adapter would evaluate the base model);
 - :func:`fingerprint` / :func:`record_base` / :func:`check_base`: ``RUN/base_model.json`` records
   the base a run trained on (absolute path, a digest of ``config.json`` and of each weight file's
-  header and sampled contents); resuming, evaluating or merging that run with another base --
+  header and sampled contents, taken once the model has loaded, so a hub id is in the HF cache by
+  then); resuming, evaluating or merging that run with another base --
   a relative path resolved from another folder, a checkpoint replaced in place, a hub cache that
   moved to a new snapshot -- is refused.
 """
@@ -49,7 +50,7 @@ def _file_digest(f: Path) -> str:
     with f.open("rb") as fh:
         head = fh.read(8)
         header_len = int.from_bytes(head, "little") if len(head) == 8 else 0
-        start = min(size, 8 + header_len)
+        start = min(size, 8 + min(header_len, 100 << 20))  # a damaged length never reads the whole file
         fh.seek(0)
         sha.update(fh.read(start))  # the header: names, dtypes, shapes, offsets
         span = max(0, size - start - _WINDOW)
@@ -59,13 +60,36 @@ def _file_digest(f: Path) -> str:
     return sha.hexdigest()
 
 
-def fingerprint(path: str | Path) -> dict[str, Any]:
-    """The base at ``path``: its absolute path and a digest of config.json and its weight files."""
-    p = Path(path).resolve()
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a whole file (adapters: tens of MB)."""
     sha = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files transformers loads: the index's shards, else ``model*.safetensors``."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+            return [folder / name for name in shards]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass  # a broken index is the loader's error to name
+    return sorted(folder.glob("model*.safetensors")) or sorted(folder.glob("*.safetensors"))
+
+
+def fingerprint(path: str | Path) -> dict[str, Any]:
+    """The base at ``path``: its absolute path and a digest of config.json and its weight files.
+    ``sha256`` is None when ``path`` is no folder here (a hub id not downloaded yet): nothing to compare."""
+    p = Path(path).expanduser().resolve()
     config = p / "config.json"
-    sha.update(config.read_bytes() if config.is_file() else b"")
-    files = sorted(p.glob("*.safetensors"))
+    if not config.is_file():
+        return {"path": str(p), "files": [], "sha256": None}
+    sha = hashlib.sha256(config.read_bytes())
+    files = [f for f in weight_files(p) if f.is_file()]
     for f in files:
         sha.update(f.name.encode() + b"\0" + _file_digest(f).encode())
     return {"path": str(p), "files": [f.name for f in files], "sha256": sha.hexdigest()}
@@ -74,6 +98,8 @@ def fingerprint(path: str | Path) -> dict[str, Any]:
 def record_base(run_dir: str | Path, fp: dict[str, Any]) -> None:
     from medslm.files import write_text
 
+    if fp["sha256"] is None:
+        return
     write_text(Path(run_dir) / BASE_FILE, json.dumps(fp, indent=2) + "\n")
 
 
@@ -83,7 +109,7 @@ def check_base(run_dir: str | Path, fp: dict[str, Any], what: str) -> None:
     from medslm.files import read_json
 
     path = Path(run_dir) / BASE_FILE
-    if not path.is_file():
+    if not path.is_file() or fp["sha256"] is None:
         return
     saved = read_json(path, "it records the base the run trained on")
     if not isinstance(saved, dict) or not isinstance(saved.get("sha256"), str):
@@ -142,4 +168,5 @@ def check_adapter_loaded(model: Any, adapter_dir: str | Path) -> None:
         )
 
 
-__all__ = ["BASE_FILE", "check_adapter_loaded", "check_base", "check_loaded_weights", "check_local_files", "fingerprint", "record_base"]
+__all__ = ["BASE_FILE", "check_adapter_loaded", "check_base", "check_loaded_weights", "check_local_files", "file_sha256", "fingerprint",
+           "record_base", "weight_files"]

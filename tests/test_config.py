@@ -91,6 +91,14 @@ def test_a_key_given_twice_in_a_yaml_file_is_refused_not_half_dropped(tmp_path):
     bad.write_text("train:\n  lr: 1" + "0" * 400 + "\n")  # a YAML integer: float() overflowed with a traceback
     with pytest.raises(ConfigError, match=r"'train.lr' must be a finite number, got an integer of 401 digits"):
         parse_config(TrainConfig, ["--config", str(bad)])
+    ok = tmp_path / "merge.yaml"  # YAML merge keys stay what safe_load accepted: merged keys may be overridden
+    ok.write_text("x-common: &c\n  lr: 1.0e-3\n  max_steps: 2\ntrain:\n  <<: *c\n  max_steps: 3\n")
+    from medslm.config import load_yaml
+
+    assert load_yaml(ok)["train"] == {"lr": 1.0e-3, "max_steps": 3}
+    bad.write_text("train:\n  ? [1, 2]\n  : 3\n")  # an unhashable key: one line, not a TypeError
+    with pytest.raises(ConfigError, match=r"twice.yaml:line 2: not valid YAML: found unhashable key"):
+        load_yaml(bad)
     bad.write_text("train:\n  lr: [1\n")
     with pytest.raises(ConfigError, match=r"twice.yaml:line 3: not valid YAML: expected ',' or ']'") as exc:
         parse_config(TrainConfig, ["--config", str(bad)])

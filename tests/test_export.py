@@ -83,6 +83,16 @@ def test_adapter_export_is_a_clean_peft_folder_with_a_filled_card(tmp_path):
         res = _export("--run", str(run), "--out", str(tmp_path / "wrong"))
         assert res.returncode == 2 and f"{run / 'eval' / 'eval.json'}: {want}" in res.stderr and "Traceback" not in res.stderr, res.stderr
         assert not (tmp_path / "wrong").exists()
+    # a run folder moved since its evaluation: the adapter it evaluated is still this one
+    from medslm.weights import file_sha256
+
+    sha = file_sha256(run / "adapter" / "adapter_model.safetensors")
+    moved = {**ev["model"], "run": str(tmp_path / "before-the-move"), "adapter_sha256": sha}
+    (run / "eval" / "eval.json").write_text(json.dumps(ev | {"model": {**moved, "adapter_sha256": "0" * 64}}))
+    res = _export("--run", str(run), "--out", str(tmp_path / "wrong"))
+    assert res.returncode == 2 and "field 'model.adapter_sha256' is 000000000000..., not this run's adapter" in res.stderr, res.stderr
+    (run / "eval" / "eval.json").write_text(json.dumps(ev | {"model": moved}))
+    assert _export("--run", str(run), "--out", str(tmp_path / "moved")).returncode == 0
     (run / "eval" / "eval.json").write_text(json.dumps(ev))
     (run / "adapter" / "extra.pkl").write_bytes(b"not for publishing")  # only what PEFT and the tokenizer read is exported
     out = tmp_path / "export"

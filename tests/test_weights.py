@@ -111,8 +111,35 @@ def test_an_adapter_whose_names_fit_no_module_is_refused_not_scored_as_the_base(
     renamed = shutil.copytree(out, tmp_path / "renamed")
     f = renamed / "adapter" / "adapter_model.safetensors"
     tensors = load_file(str(f))
-    first = sorted(tensors)[0]  # one module's A: the rest still load, so PEFT only warns
+    # one module's B (trained away from its zero init): the rest still load, so PEFT only warns
+    first = next(k for k in sorted(tensors) if k.endswith("lora_B.weight"))
     tensors[first.replace("model.layers", "model.decoder.layers")] = tensors.pop(first)
     save_file(tensors, str(f), metadata={"format": "pt"})
     with pytest.raises(UserError, match=rf"{f}: 1 of its {len(tensors)} tensors did not load into the model"):
         load_for_eval(EvalConfig(run=str(renamed)))
+
+
+def test_a_hub_id_not_downloaded_yet_is_compared_once_it_is(tmp_path):
+    """Before the load downloads it, a hub id has no folder: its fingerprint is unknown (None), never
+    the digest of nothing, which would then refuse every later evaluation of the run."""
+    from medslm.weights import BASE_FILE, check_base, fingerprint, record_base
+
+    unknown = fingerprint("google/not-downloaded-yet")
+    assert unknown["sha256"] is None and unknown["files"] == []
+    record_base(tmp_path, unknown)
+    assert not (tmp_path / BASE_FILE).exists()
+    record_base(tmp_path, {"path": "/x", "files": [], "sha256": "ab" * 32})
+    check_base(tmp_path, unknown, "evaluate.py")  # unknown here: compared after the load instead
+
+
+def test_the_report_compares_the_base_a_full_fine_tune_started_from(tmp_path):
+    """A full fine-tune evaluates RUN/model: each trial's name_or_path differs by design, its base does not."""
+    from medslm.forgetting import setting_differences
+
+    def ev(run: str, base: str | None) -> dict:
+        model = {"name_or_path": f"{run}/model", "quantization": "none"}
+        return {"scoring": "letter", "model": model if base is None else {**model, "base": base}}
+
+    assert setting_differences([("a", ev("r1", "m")), ("b", ev("r2", "m"))]) == []
+    assert setting_differences([("a", ev("r1", "m")), ("b", ev("r2", "other"))]) == ["model.base: 'm' in a, 'other' in b"]
+    assert setting_differences([("a", ev("r1", None)), ("b", ev("r2", None))])  # older eval.json: name_or_path compared
