@@ -59,6 +59,12 @@ def os_error_line(exc: OSError) -> str:
     return f"{where}: {reason}"
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (a library's often runs to a report), or its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _safetensors_error() -> tuple[type[BaseException], ...]:
     try:
         from safetensors import SafetensorError

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import torch
 
-from medslm.cli import UserError
+from medslm.cli import UserError, first_line
 from medslm.config import ConfigError, load_saved_config
 from medslm.dataset import DataConfig, load_and_split
 from medslm.domains import DomainRules, load_rules
@@ -187,8 +187,7 @@ def load_for_eval(cfg: EvalConfig, run_cfg: Any = None, before_model: Callable[[
             try:
                 model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False, **adapter_load_kwargs(model))
             except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as exc:  # a pickle adapter: refused unread
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise UserError(f"{adapter}: the adapter does not load onto {mcfg.name_or_path}: {type(exc).__name__}: {first}") from None
+                raise UserError(f"{adapter}: the adapter does not load onto {mcfg.name_or_path}: {type(exc).__name__}: {first_line(exc)}") from None
         check_adapter_loaded(model, adapter)  # PEFT skips tensors whose names fit no module, with a warning
     model.eval()
     info = {

@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 import torch
 
-from medslm.cli import UserError, run_cli
+from medslm.cli import UserError, first_line, run_cli
 from medslm.weights import check_base, check_loaded_weights, check_local_files, file_sha256, fingerprint
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -179,8 +179,7 @@ def merged_model(run: Path, run_cfg: Any, base_path: str, dtype: torch.dtype) ->
         model, info = cls.from_pretrained(base_path, dtype=load_dtype, use_safetensors=True, device_map={"": "cpu"},
                                           trust_remote_code=run_cfg.model.trust_remote_code, output_loading_info=True)
     except (OSError, RuntimeError, ValueError, AssertionError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load the base model {base_path!r}: {first}") from None
+        raise UserError(f"cannot load the base model {base_path!r}: {first_line(exc)}") from None
     check_loaded_weights(model, info, base_path)  # a weight at random init would be merged and published
     decoder = model.get_decoder()
     with torch.no_grad():

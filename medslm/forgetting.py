@@ -29,7 +29,7 @@ from medslm.cli import UserError
 from medslm.config import ConfigError
 from medslm.files import read_json, write_text, writing
 from medslm.records import LETTERS
-from medslm.stats import MIN_BOOTSTRAP_RESAMPLES, compare_correctness
+from medslm.stats import MIN_BOOTSTRAP_RESAMPLES, accuracy_summary, compare_correctness
 
 ALL = "(all)"
 
@@ -57,10 +57,32 @@ def read_predictions(eval_dir: str | Path) -> dict[str, dict[str, Any]]:
     Every record is checked on its own (``correct`` is ``predicted == gold``), and when the folder
     has an ``eval.json`` its counts must be the predictions' (:func:`check_eval_json`): a number
     edited in one file, or files from two evaluations, is an error naming the file and field."""
+    return _read_eval_folder(eval_dir)[1]
+
+
+def read_eval_dir(eval_dir: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(eval.json, predictions by id) of an evaluate.py output folder, checked against each other."""
+    if not (Path(eval_dir) / "eval.json").is_file():
+        raise UserError(f"{eval_dir}: no eval.json (expected an output directory of evaluate.py)")
+    return _read_eval_folder(eval_dir)  # type: ignore[return-value]  # eval.json exists: never None
+
+
+def _read_eval_folder(eval_dir: str | Path) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+    """(eval.json or None when the folder has none, predictions by id), each file read once and
+    checked against the other."""
     p = Path(eval_dir)
     path = p / "predictions.jsonl" if p.is_dir() else p
     if not path.is_file():
         raise UserError(f"{eval_dir}: no predictions.jsonl (expected an output directory of evaluate.py)")
+    records = _read_records(path)
+    ev_path = path.parent / "eval.json"
+    ev = read_json(ev_path, "rerun evaluate.py for that folder") if ev_path.is_file() else None  # truncated: named, never read as 'nothing known'
+    if ev is not None:
+        check_eval_json(ev_path, ev, path, records)
+    return ev, records
+
+
+def _read_records(path: Path) -> dict[str, dict[str, Any]]:
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -95,14 +117,7 @@ def read_predictions(eval_dir: str | Path) -> dict[str, dict[str, Any]]:
         records[key] = rec
     if not records:
         raise UserError(f"{path}: no predictions")
-    ev_path = path.parent / "eval.json"
-    if ev_path.is_file():
-        check_eval_json(ev_path, read_json(ev_path, "rerun evaluate.py for that folder"), path, records)
     return records
-
-
-def _recount(records: list[dict[str, Any]]) -> tuple[int, int]:
-    return len(records), sum(1 for r in records if r["correct"])
 
 
 def check_eval_json(ev_path: Path, ev: Any, pred_path: Path, preds: dict[str, dict[str, Any]]) -> None:
@@ -129,23 +144,14 @@ def check_eval_json(ev_path: Path, ev: Any, pred_path: Path, preds: dict[str, di
                                 f"but {pred_path} has {names}: {hint}")
             groups += [(f"benchmarks.{bench}.{kind}.{name}", stated[name], [r for r in rows if r[key] == name]) for name in names]
         for field_name, summ, recs in groups:
-            n, k = _recount(recs)
+            recount = accuracy_summary([r["correct"] for r in recs])  # what evaluation.summarise wrote there
             if not isinstance(summ, dict):
                 raise UserError(f"{ev_path}: field {field_name!r} is not an object: {hint}")
-            for sub, want in (("n", n), ("correct", k), ("accuracy", k / n)):
+            for sub in ("n", "correct", "accuracy"):
                 got = summ.get(sub)
-                if isinstance(got, bool) or not isinstance(got, (int, float)) or abs(got - want) > 1e-9:
-                    raise UserError(f"{ev_path}: field '{field_name}.{sub}' is {got!r}, but {pred_path} has {k}/{n} correct: {hint}")
-
-
-def read_eval_dir(eval_dir: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """(eval.json, predictions by id) of an evaluate.py output folder, checked against each other."""
-    d = Path(eval_dir)
-    ev_path = d / "eval.json"
-    if not ev_path.is_file():
-        raise UserError(f"{d}: no eval.json (expected an output directory of evaluate.py)")
-    preds = read_predictions(d)  # checks eval.json against the predictions
-    return read_json(ev_path, "rerun evaluate.py for that folder"), preds
+                if isinstance(got, bool) or not isinstance(got, (int, float)) or abs(got - recount[sub]) > 1e-9:
+                    raise UserError(f"{ev_path}: field '{field_name}.{sub}' is {got!r}, but {pred_path} has "
+                                    f"{recount['correct']}/{recount['n']} correct: {hint}")
 
 
 # What two evaluations must share for their accuracies to be compared (model.* differ by design
@@ -173,12 +179,9 @@ def setting_differences(named: list[tuple[str, dict[str, Any]]]) -> list[str]:
     return out
 
 
-def _eval_meta(eval_dir: str | Path) -> dict[str, Any]:
-    p = Path(eval_dir)
-    path = (p if p.is_dir() else p.parent) / "eval.json"
-    if not path.is_file():  # predictions.jsonl alone: comparable, with less said about the model
+def _eval_meta(ev: dict[str, Any] | None) -> dict[str, Any]:
+    if ev is None:  # predictions.jsonl alone: comparable, with less said about the model
         return {}
-    ev = read_json(path, "rerun evaluate.py for that folder")  # truncated: named, never read as 'nothing known'
     model = ev.get("model") or {}
     return {k: v for k, v in {"model": model.get("name_or_path"), "adapter": model.get("adapter"), "scoring": ev.get("scoring"), "split": ev.get("split")}.items() if v is not None}
 
@@ -271,8 +274,9 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
     """Compare BASE with each other eval dir; print Markdown, write JSON (+ .md). Returns the JSON."""
     cfg.validate()
     base_name = cfg.eval_dirs[0]
-    base = read_predictions(base_name)
-    others = [(name, read_predictions(name)) for name in cfg.eval_dirs[1:]]
+    folders = {d: _read_eval_folder(d) for d in cfg.eval_dirs}  # each eval.json and predictions.jsonl read once
+    base = folders[base_name][1]
+    others = [(name, folders[name][1]) for name in cfg.eval_dirs[1:]]
     for name, preds in others:
         check_same_items(base_name, base, name, preds)
         if has_domains(base, preds):
@@ -282,16 +286,14 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
         "n_resamples": cfg.n_resamples,
         "seed": cfg.seed,
         "alpha": cfg.alpha,
-        "evals": {d: _eval_meta(d) for d in cfg.eval_dirs},
+        "evals": {d: _eval_meta(ev) for d, (ev, _) in folders.items()},
         "comparisons": [
             {"other": name, "rows": compare_predictions(base, preds, cfg.n_resamples, cfg.seed, cfg.alpha)} for name, preds in others
         ],
     }
     if not has_domains(base, *(p for _, p in others)):
         result["note"] = "no per-domain rows: some predictions.jsonl have no domain (evaluated before domains existed)"
-    ev_files = {d: (Path(d) if Path(d).is_dir() else Path(d).parent) / "eval.json" for d in cfg.eval_dirs}
-    named = [(d, read_json(f)) for d, f in ev_files.items() if f.is_file()]
-    differ = setting_differences(named)
+    differ = setting_differences([(d, ev) for d, (ev, _) in folders.items() if ev is not None])
     if differ:  # comparing models is the point; anything else that differs is said beside the numbers
         result["warning"] = "the evals differ in settings other than the adapter: " + "; ".join(differ)
     markdown = format_markdown(result)

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 
 from medslm import files
-from medslm.cli import UserError
+from medslm.cli import UserError, first_line
 from medslm.config import ConfigError
 from medslm.weights import check_loaded_weights, check_local_files
 
@@ -247,8 +247,7 @@ def load_base_model(cfg: ModelConfig, device: torch.device, packed: bool = True,
         except torch.cuda.OutOfMemoryError:
             raise
         except (OSError, RuntimeError, ValueError, AssertionError) as exc:  # a checkpoint that does not fit its config
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"model.name_or_path: cannot load {path!r}: {first}") from None
+            raise UserError(f"model.name_or_path: cannot load {path!r}: {first_line(exc)}") from None
     if layout.kind == "text_only":
         multimodal.check_text_weights_loaded(info, path)
     check_loaded_weights(model, info, path)

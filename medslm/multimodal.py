@@ -139,9 +139,14 @@ def _linear_names(model: Any) -> list[str]:
     layer = decoder_layers(model)[0]
     names = []
     for name, mod in layer.named_modules():
-        if isinstance(mod, torch.nn.Linear) or type(mod).__name__ in ("Linear4bit", "Linear8bitLt"):
+        if _is_linear(mod):
             names.append(name)
     return names
+
+
+def _is_linear(module: Any) -> bool:
+    """A linear layer, plain or quantised by bitsandbytes (what LoRA targets)."""
+    return isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt")
 
 
 def lora_target_modules(model: Any, targets: list[str]) -> str | list[str]:
@@ -154,7 +159,7 @@ def lora_target_modules(model: Any, targets: list[str]) -> str | list[str]:
     if not layout.multimodal:
         if targets == ["all-linear"]:
             return "all-linear"
-        linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) or type(m).__name__ in ("Linear4bit", "Linear8bitLt")]
+        linear = [n for n, m in model.named_modules() if _is_linear(m)]
         missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in linear)]
         if missing:  # PEFT drops a target that matches nothing when another one matches
             raise ConfigError(f"lora.target_modules: {missing} match no linear layer of the model; "

@@ -92,12 +92,11 @@ class SweepConfig:
         else:
             if not self.ratios:
                 raise ConfigError("--ratios: give at least one EN:KO ratio")
-            for r in self.ratios:
-                try:
-                    parse_ratio(r)
-                except ConfigError as exc:
-                    raise ConfigError(f"--ratios: {exc}") from None
-            _no_duplicates("--ratios", [parse_ratio(r) for r in self.ratios])
+            try:
+                parsed = [parse_ratio(r) for r in self.ratios]
+            except ConfigError as exc:
+                raise ConfigError(f"--ratios: {exc}") from None
+            _no_duplicates("--ratios", parsed)
             self.report.validate(self.ratios)
         for arg in self.train_args:
             key = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""

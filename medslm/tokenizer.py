@@ -35,6 +35,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from medslm.cli import UserError, first_line
+
 EMBEDDED_TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "tokenizer"
 DEFAULT_SAMPLES_DIR = Path(__file__).resolve().parents[1] / "data" / "samples"
 EMBEDDED_NAMES = ("embedded",)
@@ -178,8 +180,6 @@ def _looks_local(name_or_path: str) -> bool:
 def _from_local(path: Path) -> Any:
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    from medslm.cli import UserError
-
     if not path.exists():
         raise FileNotFoundError(f"tokenizer path does not exist: {path} (absolute: {path.resolve()})")
     if path.is_file():
@@ -193,7 +193,7 @@ def _from_local(path: Path) -> Any:
         try:
             return PreTrainedTokenizerFast(tokenizer_file=str(path), clean_up_tokenization_spaces=False)
         except Exception as exc:  # the tokenizers library raises a bare Exception ("Model missing", ...)
-            raise UserError(f"{path}: not a tokenizer file the tokenizers library can read ({_first_line(exc)})") from None
+            raise UserError(f"{path}: not a tokenizer file the tokenizers library can read ({first_line(exc)})") from None
     markers = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
     if not any((path / m).is_file() for m in markers):
         raise FileNotFoundError(f"no tokenizer files ({', '.join(markers)}) in {path}")
@@ -203,16 +203,12 @@ def _from_local(path: Path) -> Any:
     try:
         return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        raise UserError(f"could not load the tokenizer in {path}: {_first_line(exc)}") from None
+        raise UserError(f"could not load the tokenizer in {path}: {first_line(exc)}") from None
     except Exception as exc:  # the tokenizers library's own errors are bare Exceptions
         if type(exc) is not Exception:
             raise
-        raise UserError(f"could not load the tokenizer in {path}: {_first_line(exc)}") from None
+        raise UserError(f"could not load the tokenizer in {path}: {first_line(exc)}") from None
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_tokenizer(name_or_path: str | None = None) -> Any:
@@ -236,18 +232,15 @@ def load_tokenizer(name_or_path: str | None = None) -> Any:
         source = str(Path(str(name_or_path)).expanduser())
         tokenizer = _from_local(Path(source))
     else:
-        from medslm.cli import UserError
         from medslm.hub import resolve
 
         source = resolve(str(name_or_path), "tokenizer")  # its cached snapshot, or one error line when unreachable
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
         except OSError as exc:
-            raise UserError(f"could not load tokenizer {str(name_or_path)!r} ({source}): {_first_line(exc)}") from None
+            raise UserError(f"could not load tokenizer {str(name_or_path)!r} ({source}): {first_line(exc)}") from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            from medslm.cli import UserError
-
             raise UserError(f"tokenizer {source} has neither a pad token nor an eos token to use for padding")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
